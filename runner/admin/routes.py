@@ -1,0 +1,84 @@
+"""The admin listener (PROTOCOL §4): `/healthz`, `/readyz`, `/admin/status`, `/admin/drain`.
+
+Loopback by default. `/healthz` and `/readyz` are open (probes carry no
+token); `/admin/*` needs `Authorization: Bearer <admin token>`, compared in
+constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from runner.ingest.auth import bearer
+
+
+class Operable(Protocol):
+    """What the admin routes need of the Runner."""
+
+    async def readiness(self) -> dict[str, str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_drain(self, deadline_s: float) -> None: ...
+
+
+OPERABLE_KEY: web.AppKey[Operable] = web.AppKey("operable")
+TOKEN_KEY: web.AppKey[str] = web.AppKey("admin_token")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _authorized(request: web.Request) -> bool:
+    expected = request.app[TOKEN_KEY]
+    given = bearer(request.headers.get("Authorization")) or ""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when every check passes; the body names the ones that failed."""
+    failed = await request.app[OPERABLE_KEY].readiness()
+    if failed:
+        return _json({"status": "not ready", "failed": failed}, status=503)
+    return _json({"status": "ready"})
+
+
+async def status(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _json({"error": "unauthorized"}, status=401)
+    return _json(request.app[OPERABLE_KEY].status())
+
+
+async def drain(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _json({"error": "unauthorized"}, status=401)
+    try:
+        deadline = float(request.query.get("deadline_s", "60"))
+    except ValueError:
+        return _json({"error": "deadline_s must be a number of seconds"}, status=400)
+    request.app[OPERABLE_KEY].request_drain(deadline)
+    return _json({"status": "draining", "deadline_s": deadline}, status=202)
+
+
+def admin_app(operable: Operable, token: str) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[OPERABLE_KEY] = operable
+    app[TOKEN_KEY] = token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/status", status)
+    app.router.add_post("/admin/drain", drain)
+    return app

@@ -1,0 +1,238 @@
+"""The Runner: builds the parts, starts them in order, drains and stops them in reverse.
+
+The only module that touches signals (`run`). `serve` takes its shutdown
+trigger as an argument so tests can pass an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from runner import __version__
+from runner.admin.routes import admin_app
+from runner.buffer.embedded import EmbeddedRedis
+from runner.buffer.redis_streams import StreamBuffer, check_durability
+from runner.config import Config
+from runner.errors import BufferUnavailable, StartupError
+from runner.ingest.auth import ProjectDirectory
+from runner.ingest.batch import batch_handler
+from runner.ingest.session import Ingestor
+from runner.ingest.websocket import (
+    CONFIG_KEY,
+    CONNECTIONS_KEY,
+    INGESTOR_KEY,
+    Connections,
+    stream_handler,
+)
+from runner.policy.store import PolicyStore
+from runner.redact import Redactor
+
+log = structlog.get_logger(__name__)
+
+EV_STARTED = "runner.started"
+EV_DRAINING = "runner.draining"
+EV_STOPPED = "runner.stopped"
+READY_CHECK_TIMEOUT_S = 1.0
+GOAWAY_RECONNECT_MS = 500
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Runner:
+    """One Runner process: ingest and admin listeners over the buffer and the PII engine."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.policies = PolicyStore()
+        self.connections = Connections()
+        self.draining = False
+        self.drain_requested = asyncio.Event()
+        self.drain_deadline_s = 60.0
+        self.embedded: EmbeddedRedis | None = None
+        self.redis: Redis | None = None
+        self.buffer: StreamBuffer | None = None
+        self.redactor: Redactor | None = None
+        self.ingestor: Ingestor | None = None
+        self._web: list[web.AppRunner] = []
+        self._started = 0.0
+        self.ingest_address: tuple[str, int] = ("", 0)
+        self.admin_address: tuple[str, int] = ("", 0)
+
+    async def start(self) -> None:
+        """Start Redis (or connect), the buffer, the PII engine, then open the listeners."""
+        cfg = self.config
+        cfg.runner.data_dir.mkdir(parents=True, exist_ok=True)
+        url = cfg.buffer.redis_url
+        if url == "embedded":
+            self.embedded = EmbeddedRedis(cfg.runner.data_dir, cfg.buffer.redis_server)
+            await self.embedded.start()
+            url = self.embedded.url
+        self.redis = Redis.from_url(url, socket_timeout=10, health_check_interval=5)
+        try:
+            await self.redis.ping()
+        except RedisError as e:
+            raise StartupError(f"cannot reach Redis at {url.split('@')[-1]}: {e}") from e
+        await check_durability(self.redis, cfg.buffer.accept_weaker_durability)
+        self.buffer = StreamBuffer(self.redis, cfg.buffer)
+        await self.buffer.start()
+        self.redactor = Redactor(cfg.pii, cfg.runner.data_dir)
+        await self.redactor.start()
+        directory = ProjectDirectory(cfg.projects, cfg.ingest.max_connections_per_project)
+        self.ingestor = Ingestor(cfg, directory, self.policies, self.redactor, self.buffer)
+        self.ingest_address = await self._listen(self._ingest_app(), cfg.ingest.listen)
+        self.admin_address = await self._listen(admin_app(self, cfg.admin.token), cfg.admin.listen)
+        self._started = time.monotonic()
+        log.info(
+            EV_STARTED,
+            version=__version__,
+            ingest=f"{self.ingest_address[0]}:{self.ingest_address[1]}",
+            admin=f"{self.admin_address[0]}:{self.admin_address[1]}",
+            air_gapped=cfg.air_gapped,
+        )
+
+    def _ingest_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.ingest.max_message_bytes)
+        assert self.ingestor is not None
+        app[CONFIG_KEY] = self.config
+        app[INGESTOR_KEY] = self.ingestor
+        app[CONNECTIONS_KEY] = self.connections
+        app.router.add_get("/v1/stream", stream_handler)
+        app.router.add_post("/v1/batch", batch_handler)
+        return app
+
+    async def _listen(self, app: web.Application, listen: str) -> tuple[str, int]:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._web.append(runner)
+        host, port = _host_port(listen)
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0]
+        return str(bound[0]), int(bound[1])
+
+    # -- operations ------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """Failed readiness checks by name; empty when ready."""
+        failed: dict[str, str] = {}
+        if self.draining:
+            failed["draining"] = "the Runner is draining"
+        if self.redis is None or self.buffer is None:
+            failed["buffer"] = "not started"
+            return failed
+        try:
+            await asyncio.wait_for(self.redis.ping(), READY_CHECK_TIMEOUT_S)
+        except (RedisError, TimeoutError, OSError) as e:
+            failed["buffer"] = f"Redis unreachable ({type(e).__name__})"
+        if self.buffer.over_high_water():
+            failed["buffer_high_water"] = "buffer is at its high-water mark"
+        if self.policies.current is None:
+            failed["policy"] = "no policy in force"
+        return failed
+
+    def status(self) -> dict[str, Any]:
+        buffer = self.buffer
+        ingestor = self.ingestor
+        return {
+            "version": __version__,
+            "runner_id": self.config.runner.id,
+            "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0,
+            "draining": self.draining,
+            "air_gapped": self.config.air_gapped,
+            "policy": {
+                "version": self.policies.current.version,
+                "source": self.policies.current.source,
+            },
+            "sessions": dict(ingestor.stats.sessions_open) if ingestor else {},
+            "ingest": {
+                "batches_acked": ingestor.stats.batches_acked if ingestor else 0,
+                "batches_duplicate": ingestor.stats.batches_duplicate if ingestor else 0,
+                "batches_nacked": ingestor.stats.batches_nacked if ingestor else 0,
+                "events_stored": ingestor.stats.events_stored if ingestor else 0,
+            },
+            "buffer": {
+                "bytes_by_tenant": buffer.usage() if buffer else {},
+                "bytes_total": buffer.used_total() if buffer else 0,
+                "high_water_bytes": self.config.buffer.high_water_bytes,
+                "embedded_redis_restarts": self.embedded.restarts if self.embedded else 0,
+            },
+        }
+
+    def request_drain(self, deadline_s: float) -> None:
+        self.drain_deadline_s = deadline_s
+        self.drain_requested.set()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Go unready, tell clients to go, and let in-flight batches finish within the deadline."""
+        self.draining = True
+        log.info(EV_DRAINING, deadline_s=deadline_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connections.goaway(GOAWAY_RECONNECT_MS), deadline_s)
+
+    async def stop(self) -> None:
+        """Close listeners, then the PII engine, the buffer and Redis, in that order."""
+        for runner in reversed(self._web):
+            await runner.cleanup()
+        self._web.clear()
+        if self.buffer is not None:
+            with contextlib.suppress(BufferUnavailable):
+                await self.buffer.stop()
+        if self.redactor is not None:
+            await self.redactor.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        log.info(EV_STOPPED)
+
+
+async def serve(
+    config: Config, shutdown: asyncio.Event, started: asyncio.Event | None = None
+) -> None:
+    """Run until `shutdown` is set or a drain is requested; then drain and stop."""
+    runner = Runner(config)
+    try:
+        await runner.start()
+        if started is not None:
+            started.set()
+        stop_wait = asyncio.create_task(shutdown.wait())
+        drain_wait = asyncio.create_task(runner.drain_requested.wait())
+        await asyncio.wait({stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        drain_wait.cancel()
+        await runner.drain(runner.drain_deadline_s)
+    finally:
+        await runner.stop()
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT; a second signal stops at once."""
+
+    async def main() -> None:
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if shutdown.is_set() and task is not None:
+                task.cancel()
+            shutdown.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config, shutdown)
+
+    asyncio.run(main())

@@ -1,0 +1,140 @@
+"""`runner` — the command line of the TRACEFLOW Runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from runner import __version__
+from runner.config import Config, load_config
+from runner.errors import ConfigError, StartupError
+
+app = typer.Typer(
+    name="runner",
+    help="TRACEFLOW Runner: ingest, PII tokenization and forwarding of session recordings.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Path to runner.toml (default ./runner.toml, or $RUNNER_CONFIG).",
+        show_default=False,
+    ),
+]
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Readable console logs instead of JSON.")
+    ] = False,
+) -> None:
+    """Run the Runner: ingest, redact, buffer and forward until SIGTERM."""
+    from runner.app import run
+    from runner.telemetry.logging import configure
+
+    cfg = _load(config)
+    configure("console" if dev else cfg.runner.log_format, cfg.runner.log_level)
+    try:
+        run(cfg)
+    except StartupError as e:
+        typer.echo(f"cannot start: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the Runner's version."""
+    typer.echo(__version__)
+
+
+def _admin_request(cfg: Config, method: str, path: str) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    host, _, port = cfg.admin.listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    token = os.environ.get("RUNNER_ADMIN_TOKEN", cfg.admin.token)
+    request = urllib.request.Request(
+        f"http://{host}:{port}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read() or b"{}")
+    except OSError as e:
+        typer.echo(f"the Runner is not reachable on {host}:{port} ({e})", err=True)
+        raise typer.Exit(3) from None
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show whether the Runner is healthy and keeping up; exit 1 when not ready."""
+    cfg = _load(config)
+    code, body = _admin_request(cfg, "GET", "/admin/status")
+    if code == 401:
+        typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
+        raise typer.Exit(4)
+    ready_code, ready = _admin_request(cfg, "GET", "/readyz")
+    body["ready"] = ready_code == 200
+    body["not_ready"] = ready.get("failed", {})
+    if as_json:
+        typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    else:
+        from runner.admin.render import render_status
+
+        render_status(body)
+    if ready_code != 200:
+        raise typer.Exit(1)
+
+
+@app.command()
+def drain(
+    config: ConfigOption = None,
+    deadline: Annotated[float, typer.Option(help="Seconds to finish in-flight work.")] = 60.0,
+) -> None:
+    """Ask the running Runner to drain: go unready, send goaway, finish in-flight batches."""
+    cfg = _load(config)
+    code, body = _admin_request(cfg, "POST", f"/admin/drain?deadline_s={deadline}")
+    if code == 401:
+        typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
+        raise typer.Exit(4)
+    typer.echo(orjson.dumps(body).decode())
+    if code >= 300:
+        raise typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate runner.toml and the environment without starting anything."""
+    cfg = _load(config)
+    typer.echo(f"ok: {len(cfg.projects)} project(s), redis {cfg.buffer.redis_url.split('@')[-1]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
