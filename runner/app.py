@@ -71,7 +71,17 @@ class Runner:
         self.admin_address: tuple[str, int] = ("", 0)
 
     async def start(self) -> None:
-        """Start Redis (or connect), the buffer, the PII engine, then open the listeners."""
+        """Start Redis (or connect), the buffer, the PII engine, then open the listeners.
+
+        If any part fails, the parts already started are stopped before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         cfg.runner.data_dir.mkdir(parents=True, exist_ok=True)
         url = cfg.buffer.redis_url

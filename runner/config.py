@@ -146,11 +146,27 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
+def _secret_env_names(data: Mapping[str, Any]) -> set[str]:
+    """Variables named by `*_env` settings hold secrets for a part, not config overrides."""
+    names = {f.default for s in Config.model_fields.values() for f in _fields(s.annotation)}
+    for section in data.values():
+        if isinstance(section, dict):
+            names |= {v for k, v in section.items() if k.endswith("_env") and isinstance(v, str)}
+    return names
+
+
+def _fields(model: Any) -> list[Any]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [f for name, f in model.model_fields.items() if name.endswith("_env")]
+
+
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Overlay `RUNNER_<SECTION>_<KEY>` variables on the file; unknown sections are errors."""
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    skip = ENV_NOT_CONFIG | _secret_env_names(data)
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_CONFIG:
+        if not name.startswith(ENV_PREFIX) or name in skip:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if rest == "projects":

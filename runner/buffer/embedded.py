@@ -26,7 +26,7 @@ EV_RESTARTING = "embedded_redis.restarting"
 EV_STOPPED = "embedded_redis.stopped"
 EV_ORPHAN = "embedded_redis.orphan_stopped"
 
-READY_LINE = b"Ready to accept connections"
+READY_LINE = b"ready to accept connections"  # "Ready to…" on TCP, "…now ready to…" on unix
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 START_TIMEOUT_S = 30.0
 
@@ -133,7 +133,7 @@ class EmbeddedRedis:
                 detail = b" | ".join(tail[-5:]).decode(errors="replace")
                 raise StartupError(f"redis-server exited during start-up: {detail}")
             tail.append(line.strip())
-            if READY_LINE in line:
+            if READY_LINE in line.lower():
                 return
 
     async def _drain_output(self, proc: asyncio.subprocess.Process) -> None:

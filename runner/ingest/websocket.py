@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 EV_CLOSED_BY_US = "ws.closed"
 EV_SEND_TIMEOUT = "ws.send_timeout"
 TRANSPORT = "websocket"
+CLOSE_TIMEOUT_S = 2.0  # how long we wait for the peer's close frame after sending ours
 
 
 class IngestWebSocket(web.WebSocketResponse):
@@ -114,26 +115,30 @@ class WebSocketConnection:
             return
         try:
             hello = m.parse_hello(m.decode(*first, self._max_bytes))
-            session = await self._ingestor.open(
-                hello, bearer(self._request.headers.get("Authorization")), TRANSPORT
-            )
         except ProtocolError as e:
             await self.close(e.close_code, e.reason)
             return
-        except BufferUnavailable:
-            await self.close(WSCloseCode.TRY_AGAIN_LATER, "buffer unavailable")
-            return
         with structlog.contextvars.bound_contextvars(
-            session_id=session.session_id,
-            project=session.project.id,
-            tenant=session.tenant,
-            transport=TRANSPORT,
+            session_id=hello.session_id, transport=TRANSPORT
         ):
             try:
-                await self.send(self._ingestor.welcome(session))
-                await self._serve(session)
-            finally:
-                self._ingestor.close(session)
+                session = await self._ingestor.open(
+                    hello, bearer(self._request.headers.get("Authorization")), TRANSPORT
+                )
+            except ProtocolError as e:
+                await self.close(e.close_code, e.reason)
+                return
+            except BufferUnavailable:
+                await self.close(WSCloseCode.TRY_AGAIN_LATER, "buffer unavailable")
+                return
+            with structlog.contextvars.bound_contextvars(
+                project=session.project.id, tenant=session.tenant
+            ):
+                try:
+                    await self.send(self._ingestor.welcome(session))
+                    await self._serve(session)
+                finally:
+                    self._ingestor.close(session)
 
     async def _serve(self, session: Session) -> None:
         worker = asyncio.create_task(self._work(session), name="ws-session-worker")
@@ -187,6 +192,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     connections = request.app[CONNECTIONS_KEY]
     cfg = request.app[CONFIG_KEY].ingest
     ws = IngestWebSocket(
+        timeout=CLOSE_TIMEOUT_S,
         max_msg_size=cfg.max_message_bytes,
         heartbeat=cfg.heartbeat_s,
         compress=False,

@@ -1,0 +1,205 @@
+"""Durable acks: after kill -9 of the Runner or of Redis, every acked batch is stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import cast
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from websockets.exceptions import ConnectionClosed
+
+from runner.app import Runner
+from runner.buffer.keys import Keys
+from tests.conftest import REPO, ws_url
+from tests.support import API_KEY, TENANT, RedisProc, Sdk, free_port, make_config, until
+
+SESSIONS = 16
+KILL_AFTER_ACKS = 300
+
+Acked = dict[str, set[int]]
+
+
+async def stream_until_cut(url: str, session_id: str, acked: Acked) -> None:
+    """Send batches one after another, recording each ack, until the connection breaks."""
+    sdk = Sdk(url, session_id)
+    try:
+        welcome = await sdk.connect()
+        seq = int(welcome["resume_seq"]) + 1
+        while True:
+            reply = await sdk.batch(seq)
+            if reply["type"] == "ack":
+                acked[session_id].add(seq)
+                seq += 1
+    except (ConnectionClosed, OSError, TimeoutError):
+        return
+
+
+async def all_entries(redis: Redis) -> Counter[tuple[str, int]]:
+    """(session, seq) → how many times it is in the stream."""
+    entries = await redis.xrange(Keys("tf").stream(TENANT))
+    fields = [cast(dict[bytes, bytes], f) for _, f in entries or []]
+    return Counter((f[b"sid"].decode(), int(f[b"seq"])) for f in fields)
+
+
+def assert_exactly_once(acked: Acked, stored: Counter[tuple[str, int]]) -> None:
+    duplicates = [key for key, n in stored.items() if n > 1]
+    assert not duplicates, f"stored twice: {duplicates[:5]}"
+    missing = [
+        (sid, seq) for sid, seqs in acked.items() for seq in seqs if (sid, seq) not in stored
+    ]
+    assert not missing, f"acked but lost: {missing[:5]}"
+
+
+class RunnerProcess:
+    """`runner serve` as a child process on fixed free ports, embedded Redis under data_dir."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.data_dir = tmp / "data"
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = tmp / "runner.toml"
+        self.config.write_text(
+            f"""
+[runner]
+data_dir = "{self.data_dir}"
+[ingest]
+listen = "127.0.0.1:{self.port}"
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+[pii]
+workers = 1
+[[projects]]
+id = "web"
+tenant = "{TENANT}"
+api_keys = ["{API_KEY}"]
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "runner.log"
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+                [sys.executable, "-m", "runner.cli", "serve", "--config", str(self.config)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            assert self.proc.poll() is None, f"runner serve exited: {self.log.read_text()[-2000:]}"
+            try:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(ready, deadline_s=60, what="runner serve to be ready")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def redis_pid(self) -> int:
+        return int((self.data_dir / "redis" / "redis.pid").read_text())
+
+
+@pytest.mark.timeout(240)
+async def test_kill9_runner_and_its_redis_loses_no_acked_batch(tmp_path: Path) -> None:
+    """kill -9 of the Runner and its embedded Redis mid-stream: every acked batch survives once."""
+    runner = RunnerProcess(tmp_path)
+    await runner.start()
+    acked: Acked = {f"s-{i}": set() for i in range(SESSIONS)}
+    clients = [asyncio.create_task(stream_until_cut(runner.url, sid, acked)) for sid in acked]
+    try:
+        await until(
+            lambda: sum(map(len, acked.values())) >= KILL_AFTER_ACKS,
+            deadline_s=60,
+            what="acks before the kill",
+        )
+        redis_pid = runner.redis_pid()
+        runner.kill9()
+        os.kill(redis_pid, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*clients), 30)
+
+        await runner.start()
+        for sid, seqs in acked.items():
+            sdk = Sdk(runner.url, sid)
+            welcome = await sdk.connect()
+            assert welcome["resume_seq"] >= max(seqs, default=0)
+            # Resend the last acked batch and one more: the first is deduped, the second stored.
+            resend = max(seqs, default=0)
+            if resend:
+                assert (await sdk.batch(resend))["type"] == "ack"
+            assert (await sdk.batch(welcome["resume_seq"] + 1))["type"] == "ack"
+            seqs.add(welcome["resume_seq"] + 1)
+            await sdk.close()
+        redis = Redis.from_url(f"unix://{runner.data_dir}/redis/redis.sock")
+        try:
+            assert_exactly_once(acked, await all_entries(redis))
+        finally:
+            await redis.aclose()
+    finally:
+        for client in clients:
+            client.cancel()
+        runner.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_kill9_redis_loses_no_acked_batch(tmp_path: Path, redis_proc: RedisProc) -> None:
+    """kill -9 of an AOF redis-server mid-stream, then restart: every acked batch is there once."""
+    instance = Runner(make_config(tmp_path / "data", redis_proc.url))
+    await instance.start()
+    acked: Acked = {f"r-{i}": set() for i in range(SESSIONS)}
+    try:
+        clients = [
+            asyncio.create_task(stream_until_cut(ws_url(instance), sid, acked)) for sid in acked
+        ]
+        await until(
+            lambda: sum(map(len, acked.values())) >= KILL_AFTER_ACKS,
+            deadline_s=60,
+            what="acks before the kill",
+        )
+        redis_proc.kill()
+        # With Redis gone, sessions get nacks (retryable) but never a false ack.
+        before = {sid: set(seqs) for sid, seqs in acked.items()}
+        redis_proc.start()
+        await until(
+            lambda: any(acked[sid] - before[sid] for sid in acked),
+            deadline_s=60,
+            what="acks after Redis came back",
+        )
+        for client in clients:
+            client.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+        redis = Redis.from_url(redis_proc.url)
+        try:
+            assert_exactly_once(acked, await all_entries(redis))
+        finally:
+            await redis.aclose()
+    finally:
+        await instance.stop()

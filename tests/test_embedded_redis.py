@@ -1,0 +1,85 @@
+"""The embedded Redis: started, supervised and stopped by the Runner, AOF with fsync always."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runner.app import Runner
+from runner.buffer.embedded import EmbeddedRedis
+from runner.errors import StartupError
+from tests.conftest import ws_url
+from tests.support import Sdk, make_config, until
+
+
+async def test_embedded_redis_runs_durable_and_stops_with_the_runner(tmp_path: Path) -> None:
+    """`redis_url = "embedded"` starts a private redis-server with AOF always, stopped on exit."""
+    instance = Runner(make_config(tmp_path / "data", "embedded"))
+    await instance.start()
+    assert instance.embedded is not None
+    assert instance.redis is not None
+    pid = int((tmp_path / "data" / "redis" / "redis.pid").read_text())
+    assert (await instance.redis.config_get("appendfsync"))["appendfsync"] == "always"
+    assert (await instance.redis.config_get("appendonly"))["appendonly"] == "yes"
+    sdk = Sdk(ws_url(instance), "s-embedded")
+    await sdk.connect()
+    assert await sdk.batch(1) == {"type": "ack", "seq": 1}
+    await sdk.close()
+    await instance.stop()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_crashed_embedded_redis_is_restarted_and_keeps_acked_data(tmp_path: Path) -> None:
+    """kill -9 of the embedded Redis: it is restarted and acked batches are still there."""
+    instance = Runner(make_config(tmp_path / "data", "embedded"))
+    await instance.start()
+    try:
+        assert instance.embedded is not None
+        sdk = Sdk(ws_url(instance), "s-crash")
+        await sdk.connect()
+        for seq in (1, 2, 3):
+            assert (await sdk.batch(seq))["type"] == "ack"
+        os.kill(int((tmp_path / "data" / "redis" / "redis.pid").read_text()), signal.SIGKILL)
+        await until(
+            lambda: instance.embedded is not None and instance.embedded.restarts == 1,
+            what="the embedded Redis to be restarted",
+        )
+
+        async def acked() -> bool:
+            return bool((await sdk.batch(4))["type"] == "ack")
+
+        await until(acked, what="acks after the restart")
+        await sdk.close()
+        again = Sdk(ws_url(instance), "s-crash")
+        assert (await again.connect())["resume_seq"] == 4
+        await again.close()
+    finally:
+        await instance.stop()
+
+
+async def test_missing_redis_binary_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """A missing redis-server binary stops start-up with a message saying what to install."""
+    with pytest.raises(StartupError, match="install redis-server"):
+        await EmbeddedRedis(tmp_path, "redis-server-that-does-not-exist").start()
+
+
+async def test_external_redis_without_fsync_always_is_refused(tmp_path: Path) -> None:
+    """An external Redis without AOF is refused unless weaker durability is accepted."""
+    from tests.support import RedisProc
+
+    weak = RedisProc(tmp_path / "weak", appendonly=False)
+    weak.start()
+    try:
+        with pytest.raises(StartupError, match="appendonly=no"):
+            await Runner(make_config(tmp_path / "d1", weak.url)).start()
+        accepted = Runner(
+            make_config(tmp_path / "d2", weak.url, buffer={"accept_weaker_durability": True})
+        )
+        await accepted.start()
+        await accepted.stop()
+    finally:
+        weak.stop()
