@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import time
 from typing import Any
@@ -227,8 +228,16 @@ async def serve(
         await runner.stop()
 
 
+def raise_open_file_limit() -> None:
+    """Each session holds a socket: lift the soft descriptor limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT; a second signal stops at once."""
+    raise_open_file_limit()
 
     async def main() -> None:
         shutdown = asyncio.Event()
