@@ -26,8 +26,8 @@ from runner.config import Config
 from runner.errors import BufferUnavailable, StartupError
 from runner.ingest.auth import ProjectDirectory
 from runner.ingest.batch import batch_handler
-from runner.ingest.session import Ingestor
 from runner.ingest.connection import Connections
+from runner.ingest.session import Ingestor
 from runner.ingest.websocket import CONFIG_KEY, CONNECTIONS_KEY, INGESTOR_KEY, stream_handler
 from runner.policy.store import PolicyStore
 from runner.redact import Redactor
