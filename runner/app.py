@@ -11,10 +11,13 @@ import contextlib
 import resource
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from aiohttp import web
+from opentelemetry import trace
+from prometheus_client.core import Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,6 +34,9 @@ from runner.ingest.session import Ingestor
 from runner.ingest.websocket import CONFIG_KEY, CONNECTIONS_KEY, INGESTOR_KEY, stream_handler
 from runner.policy.store import PolicyStore
 from runner.redact import Redactor
+from runner.telemetry.audit import AuditLog
+from runner.telemetry.metrics import Metrics, gauge_family
+from runner.telemetry.tracing import TRACER_NAME, build_provider
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +53,27 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 class Runner:
-    """One Runner process: ingest and admin listeners over the buffer and the PII engine."""
+    """One Runner process: ingest and admin listeners over the buffer and the PII engine.
 
-    def __init__(self, config: Config) -> None:
+    `redactor` and `tracer_provider` may be passed in (tests share one PII engine across
+    Runners, and read spans from an in-memory exporter); a passed-in redactor is started
+    and stopped by its owner, not by the Runner.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        redactor: Redactor | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = Metrics()
+        self.tracer_provider = tracer_provider or build_provider(
+            config.telemetry.otlp_endpoint, config.runner.id
+        )
+        self.audit = AuditLog(config.telemetry.resolved_audit_path(config.runner.data_dir))
+        self._own_redactor = redactor is None
         self.policies = PolicyStore()
         self.connections = Connections()
         self.draining = False
@@ -59,7 +82,7 @@ class Runner:
         self.embedded: EmbeddedRedis | None = None
         self.redis: Redis | None = None
         self.buffer: StreamBuffer | None = None
-        self.redactor: Redactor | None = None
+        self.redactor: Redactor | None = redactor
         self.ingestor: Ingestor | None = None
         self._web: list[web.AppRunner] = []
         self._started = 0.0
@@ -80,6 +103,8 @@ class Runner:
     async def _start(self) -> None:
         cfg = self.config
         cfg.runner.data_dir.mkdir(parents=True, exist_ok=True)
+        admin_token = cfg.admin.resolved_token()
+        await self.audit.start()
         url = cfg.buffer.redis_url
         if url == "embedded":
             self.embedded = EmbeddedRedis(cfg.runner.data_dir, cfg.buffer.redis_server)
@@ -93,12 +118,25 @@ class Runner:
         await check_durability(self.redis, cfg.buffer.accept_weaker_durability)
         self.buffer = StreamBuffer(self.redis, cfg.buffer)
         await self.buffer.start()
-        self.redactor = Redactor(cfg.pii, cfg.runner.data_dir)
-        await self.redactor.start()
+        if self.redactor is None:
+            self.redactor = Redactor(cfg.pii, cfg.runner.data_dir)
+            await self.redactor.start()
         directory = ProjectDirectory(cfg.projects, cfg.ingest.max_connections_per_project)
-        self.ingestor = Ingestor(cfg, directory, self.policies, self.redactor, self.buffer)
+        self.ingestor = Ingestor(
+            cfg,
+            directory,
+            self.policies,
+            self.redactor,
+            self.buffer,
+            self.metrics,
+            self.tracer_provider.get_tracer(TRACER_NAME, __version__),
+            self.audit,
+        )
+        self.metrics.add_collector(self._collect)
         self.ingest_address = await self._listen(self._ingest_app(), cfg.ingest.listen)
-        self.admin_address = await self._listen(admin_app(self, cfg.admin.token), cfg.admin.listen)
+        self.admin_address = await self._listen(
+            admin_app(self, admin_token, self.audit), cfg.admin.listen
+        )
         self._started = time.monotonic()
         log.info(
             EV_STARTED,
@@ -129,6 +167,39 @@ class Runner:
         return str(bound[0]), int(bound[1])
 
     # -- operations ------------------------------------------------------------
+
+    def _collect(self) -> Iterator[Metric]:
+        """Gauges read from the parts at scrape time."""
+        buffer = self.buffer
+        if buffer is not None:
+            depth = buffer.depth()
+            yield gauge_family(
+                "traceflow_buffer_bytes",
+                "Buffered bytes not yet forwarded.",
+                ["tenant"],
+                {(t,): v for t, v in buffer.usage().items()},
+            )
+            yield gauge_family(
+                "traceflow_buffer_entries",
+                "Entries in the tenant stream.",
+                ["tenant"],
+                {(t,): d[0] for t, d in depth.items()},
+            )
+            yield gauge_family(
+                "traceflow_buffer_oldest_age_seconds",
+                "Age of the oldest buffered entry.",
+                ["tenant"],
+                {(t,): d[1] for t, d in depth.items() if d[1] is not None},
+            )
+        yield gauge_family(
+            "traceflow_policy_version",
+            "Version of the policy in force.",
+            [],
+            {(): self.policies.current.version},
+        )
+        yield gauge_family(
+            "traceflow_draining", "1 while the Runner drains.", [], {(): int(self.draining)}
+        )
 
     async def readiness(self) -> dict[str, str]:
         """Failed readiness checks by name; empty when ready."""
@@ -176,6 +247,9 @@ class Runner:
             },
         }
 
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
     def request_drain(self, deadline_s: float) -> None:
         self.drain_deadline_s = deadline_s
         self.drain_requested.set()
@@ -195,12 +269,13 @@ class Runner:
         if self.buffer is not None:
             with contextlib.suppress(BufferUnavailable):
                 await self.buffer.stop()
-        if self.redactor is not None:
+        if self.redactor is not None and self._own_redactor:
             await self.redactor.stop()
         if self.redis is not None:
             await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
+        await self.audit.stop()
         log.info(EV_STOPPED)
 
 

@@ -129,6 +129,32 @@ def drain(
         raise typer.Exit(1)
 
 
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: ConfigOption = None,
+    path: Annotated[
+        Path | None, typer.Option("--path", help="Audit log file (default from config).")
+    ] = None,
+) -> None:
+    """Check the audit log's hash chain; exit 1 at the first edited, removed or moved line."""
+    from runner.telemetry.audit import verify
+
+    cfg = _load(config)
+    target = path or cfg.telemetry.resolved_audit_path(cfg.runner.data_dir)
+    if not target.exists():
+        typer.echo(f"no audit log at {target}", err=True)
+        raise typer.Exit(2)
+    ok, lines, reason = verify(target)
+    if not ok:
+        typer.echo(f"audit log TAMPERED: {reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {lines} records, chain intact")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate runner.toml and the environment without starting anything."""

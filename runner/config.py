@@ -53,6 +53,24 @@ class IngestSection(_Section):
 class AdminSection(_Section):
     listen: HostPort = "127.0.0.1:9090"
     token: str = ""
+    token_file: Path | None = None
+
+    def resolved_token(self) -> str:
+        """The admin token: `token` (or RUNNER_ADMIN_TOKEN), else the first line of token_file."""
+        if self.token or self.token_file is None:
+            return self.token
+        try:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"admin.token_file: cannot read {self.token_file} ({e})") from e
+
+
+class TelemetrySection(_Section):
+    otlp_endpoint: str = ""
+    audit_path: Path | None = None
+
+    def resolved_audit_path(self, data_dir: Path) -> Path:
+        return self.audit_path or data_dir / "audit.log"
 
 
 class BufferSection(_Section):
@@ -116,6 +134,7 @@ class Config(_Section):
     cloud: CloudSection = CloudSection()
     control_plane: ControlPlaneSection = ControlPlaneSection()
     pii: RedactSettings = RedactSettings()
+    telemetry: TelemetrySection = TelemetrySection()
     projects: tuple[ProjectConfig, ...] = ()
 
     @model_validator(mode="after")

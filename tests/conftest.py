@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from redis.asyncio import Redis
 
 from runner.app import Runner
 from runner.config import Config
+from runner.redact import Redactor
+from runner.redact.settings import RedactSettings
 from tests.support import RedisProc, make_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,10 +39,19 @@ def config(tmp_path: Path, redis_proc: RedisProc) -> Config:
     return make_config(tmp_path / "data", redis_proc.url)
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redactor(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Redactor]:
+    """One real PII engine (worker processes) shared by the Runners of the whole session."""
+    engine = Redactor(RedactSettings(workers=1), tmp_path_factory.mktemp("pii"))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
 @pytest.fixture
-async def runner(config: Config) -> AsyncIterator[Runner]:
+async def runner(config: Config, redactor: Redactor) -> AsyncIterator[Runner]:
     """The real Runner, started on free loopback ports over the test Redis."""
-    instance = Runner(config)
+    instance = Runner(config, redactor=redactor)
     await instance.start()
     yield instance
     await instance.stop()

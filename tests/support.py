@@ -178,6 +178,7 @@ class Sdk:
         self.token = token
         self.ws: ClientConnection | None = None
         self.welcome: dict[str, Any] = {}
+        self.hello_extra: dict[str, Any] = {}
 
     async def connect(self, last_acked_seq: int = 0) -> dict[str, Any]:
         self.ws = await websockets.connect(self.url, max_size=None, compression=None)
@@ -189,6 +190,7 @@ class Sdk:
                 "session_id": self.session_id,
                 "sdk": {"name": "test", "version": "0"},
                 "last_acked_seq": last_acked_seq,
+                **self.hello_extra,
             }
         )
         self.welcome = await self.recv()

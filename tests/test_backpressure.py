@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from runner.app import Runner
 from runner.buffer.keys import Keys
+from runner.redact import Redactor
 from tests.conftest import admin_url, ws_url
 from tests.support import OTHER_KEY, TENANT, RedisProc, Sdk, make_config, until
 
@@ -19,13 +20,15 @@ StartRunner = Callable[..., Awaitable[Runner]]
 
 
 @pytest.fixture
-async def start_runner(tmp_path: Path, redis_proc: RedisProc) -> AsyncIterator[StartRunner]:
+async def start_runner(
+    tmp_path: Path, redis_proc: RedisProc, redactor: Redactor
+) -> AsyncIterator[StartRunner]:
     """Start Runners with custom buffer settings over the test Redis; stop them after."""
     started: list[Runner] = []
 
     async def start(**buffer: Any) -> Runner:
         cfg = make_config(tmp_path / f"data{len(started)}", redis_proc.url, buffer=buffer)
-        instance = Runner(cfg)
+        instance = Runner(cfg, redactor=redactor)
         await instance.start()
         started.append(instance)
         return instance

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runner.app import Runner
 from runner.buffer.keys import Keys
+from runner.redact import Redactor
 from tests.conftest import REPO, ws_url
 from tests.support import API_KEY, TENANT, RedisProc, Sdk, free_port, make_config, until
 
@@ -170,9 +171,11 @@ async def test_kill9_runner_and_its_redis_loses_no_acked_batch(tmp_path: Path) -
 
 
 @pytest.mark.timeout(240)
-async def test_kill9_redis_loses_no_acked_batch(tmp_path: Path, redis_proc: RedisProc) -> None:
+async def test_kill9_redis_loses_no_acked_batch(
+    tmp_path: Path, redis_proc: RedisProc, redactor: Redactor
+) -> None:
     """kill -9 of an AOF redis-server mid-stream, then restart: every acked batch is there once."""
-    instance = Runner(make_config(tmp_path / "data", redis_proc.url))
+    instance = Runner(make_config(tmp_path / "data", redis_proc.url), redactor=redactor)
     await instance.start()
     acked: Acked = {f"r-{i}": set() for i in range(SESSIONS)}
     try:

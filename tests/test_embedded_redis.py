@@ -12,13 +12,16 @@ import pytest
 from runner.app import Runner
 from runner.buffer.embedded import EmbeddedRedis
 from runner.errors import StartupError
+from runner.redact import Redactor
 from tests.conftest import ws_url
 from tests.support import Sdk, make_config, until
 
 
-async def test_embedded_redis_runs_durable_and_stops_with_the_runner(tmp_path: Path) -> None:
+async def test_embedded_redis_runs_durable_and_stops_with_the_runner(
+    tmp_path: Path, redactor: Redactor
+) -> None:
     """`redis_url = "embedded"` starts a private redis-server with AOF always, stopped on exit."""
-    instance = Runner(make_config(tmp_path / "data", "embedded"))
+    instance = Runner(make_config(tmp_path / "data", "embedded"), redactor=redactor)
     await instance.start()
     assert instance.embedded is not None
     assert instance.redis is not None
@@ -33,9 +36,11 @@ async def test_embedded_redis_runs_durable_and_stops_with_the_runner(tmp_path: P
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-async def test_crashed_embedded_redis_is_restarted_and_keeps_acked_data(tmp_path: Path) -> None:
+async def test_crashed_embedded_redis_is_restarted_and_keeps_acked_data(
+    tmp_path: Path, redactor: Redactor
+) -> None:
     """kill -9 of the embedded Redis: it is restarted and acked batches are still there."""
-    instance = Runner(make_config(tmp_path / "data", "embedded"))
+    instance = Runner(make_config(tmp_path / "data", "embedded"), redactor=redactor)
     await instance.start()
     try:
         assert instance.embedded is not None
@@ -67,7 +72,9 @@ async def test_missing_redis_binary_is_a_clear_startup_error(tmp_path: Path) -> 
         await EmbeddedRedis(tmp_path, "redis-server-that-does-not-exist").start()
 
 
-async def test_external_redis_without_fsync_always_is_refused(tmp_path: Path) -> None:
+async def test_external_redis_without_fsync_always_is_refused(
+    tmp_path: Path, redactor: Redactor
+) -> None:
     """An external Redis without AOF is refused unless weaker durability is accepted."""
     from tests.support import RedisProc
 
@@ -75,9 +82,10 @@ async def test_external_redis_without_fsync_always_is_refused(tmp_path: Path) ->
     weak.start()
     try:
         with pytest.raises(StartupError, match="appendonly=no"):
-            await Runner(make_config(tmp_path / "d1", weak.url)).start()
+            await Runner(make_config(tmp_path / "d1", weak.url), redactor=redactor).start()
         accepted = Runner(
-            make_config(tmp_path / "d2", weak.url, buffer={"accept_weaker_durability": True})
+            make_config(tmp_path / "d2", weak.url, buffer={"accept_weaker_durability": True}),
+            redactor=redactor,
         )
         await accepted.start()
         await accepted.stop()

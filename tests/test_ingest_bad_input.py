@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runner.app import Runner
 from runner.config import Config
+from runner.redact import Redactor
 from tests.conftest import ws_url
 from tests.support import API_KEY, DISABLED_KEY, Sdk, make_config, rrweb_batch
 
@@ -144,7 +145,7 @@ async def test_bad_events_get_nack_and_session_continues(
 
 
 async def test_oversize_frame_closes_4413(
-    tmp_path_factory: pytest.TempPathFactory, redis_proc: object
+    tmp_path_factory: pytest.TempPathFactory, redis_proc: object, redactor: Redactor
 ) -> None:
     """A frame over max_message_bytes is refused with 4413 before it is parsed."""
     from tests.support import RedisProc
@@ -153,7 +154,7 @@ async def test_oversize_frame_closes_4413(
     cfg: Config = make_config(
         tmp_path_factory.mktemp("data"), redis_proc.url, ingest={"max_message_bytes": 64 * 1024}
     )
-    instance = Runner(cfg)
+    instance = Runner(cfg, redactor=redactor)
     await instance.start()
     try:
         sdk = Sdk(ws_url(instance), "s-big")
@@ -198,7 +199,7 @@ async def test_zip_bomb_closes_4413(runner: Runner) -> None:
 
 
 async def test_too_many_connections_for_a_project_closes_4429(
-    tmp_path_factory: pytest.TempPathFactory, redis_proc: object
+    tmp_path_factory: pytest.TempPathFactory, redis_proc: object, redactor: Redactor
 ) -> None:
     """Beyond max_connections_per_project, a new session is closed with 4429."""
     from tests.support import RedisProc
@@ -207,7 +208,7 @@ async def test_too_many_connections_for_a_project_closes_4429(
     cfg = make_config(
         tmp_path_factory.mktemp("data"), redis_proc.url, ingest={"max_connections_per_project": 2}
     )
-    instance = Runner(cfg)
+    instance = Runner(cfg, redactor=redactor)
     await instance.start()
     try:
         first, second = Sdk(ws_url(instance), "s-1"), Sdk(ws_url(instance), "s-2")
@@ -228,14 +229,17 @@ async def test_too_many_connections_for_a_project_closes_4429(
     ids=["no-pong-heartbeat", "stalled-mid-frame-idle"],
 )
 async def test_stalled_client_is_dropped_and_others_are_served(
-    tmp_path_factory: pytest.TempPathFactory, redis_proc: object, ingest: dict[str, float]
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_proc: object,
+    ingest: dict[str, float],
+    redactor: Redactor,
 ) -> None:
     """A client that stalls mid-frame and answers no ping is dropped; others are served."""
     from tests.support import RedisProc, until
 
     assert isinstance(redis_proc, RedisProc)
     cfg = make_config(tmp_path_factory.mktemp("data"), redis_proc.url, ingest=ingest)
-    instance = Runner(cfg)
+    instance = Runner(cfg, redactor=redactor)
     await instance.start()
     assert instance.ingestor is not None
     opened = instance.ingestor.stats.sessions_open

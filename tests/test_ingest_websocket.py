@@ -149,7 +149,7 @@ async def test_dedupe_survives_a_runner_restart(runner: Runner, redis: Redis) ->
     await sdk.batch(2)
     await sdk.close()
     await runner.stop()
-    second = Runner(runner.config)
+    second = Runner(runner.config, redactor=runner.redactor)
     await second.start()
     try:
         again = Sdk(ws_url(second), "s-restart")

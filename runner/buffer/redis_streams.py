@@ -125,6 +125,8 @@ class StreamBuffer:
         self._sha = ""
         self._usage: dict[str, int] = defaultdict(int)
         self._inflight: dict[str, int] = defaultdict(int)
+        self._depth: dict[str, tuple[int, int | None]] = {}
+        self._closing = False
         self.groups_written = 0
         self.batches_written = 0
 
@@ -146,6 +148,7 @@ class StreamBuffer:
     async def stop(self) -> None:
         """Finish what is queued, then stop the writers."""
         await self._queue.join()
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -172,22 +175,42 @@ class StreamBuffer:
     def usage(self) -> dict[str, int]:
         return dict(self._usage)
 
+    def depth(self) -> dict[str, tuple[int, float | None]]:
+        """Per tenant: (stream entries, age in seconds of the oldest entry or None)."""
+        now_ms = time.time() * 1000
+        return {
+            tenant: (entries, (now_ms - oldest) / 1000 if oldest is not None else None)
+            for tenant, (entries, oldest) in self._depth.items()
+        }
+
     async def refresh_usage(self) -> None:
-        """Re-read every tenant's byte counter (the forwarder and other replicas change them)."""
+        """Re-read byte counters, stream lengths and oldest entries (others change them)."""
         tenants = sorted(await self._redis.smembers(self._keys.tenants()))
         names = [t.decode() if isinstance(t, bytes) else str(t) for t in tenants]
         if not names:
             return
-        values = await self._redis.mget([self._keys.bytes(t) for t in names])
-        for name, value in zip(names, values, strict=True):
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._keys.bytes(name))
+            pipe.xlen(self._keys.stream(name))
+            pipe.xrange(self._keys.stream(name), count=1)
+        replies = await pipe.execute()
+        for i, name in enumerate(names):
+            value, entries, first = replies[3 * i : 3 * i + 3]
             self._usage[name] = max(0, int(value or 0))
+            oldest = int(first[0][0].split(b"-")[0]) if first else None
+            self._depth[name] = (int(entries), oldest)
 
     async def _refresher(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(1.0)  # a periodic poll, not a wait for a condition
             try:
                 await self.refresh_usage()
             except RedisError as e:
+                # redis-py may turn a cancellation into a connection error: honour the cancel.
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise asyncio.CancelledError from e
                 log.warning(EV_USAGE_REFRESH_FAILED, error=type(e).__name__)
 
     # -- writes ----------------------------------------------------------------

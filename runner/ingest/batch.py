@@ -74,10 +74,18 @@ async def batch_handler(request: web.Request) -> web.Response:
         raw = await _read_body(request, cfg.max_message_bytes)
         binary = raw.startswith(m.ZSTD_MAGIC)
         message = m.decode(raw, binary, cfg.max_message_bytes)
-        hello = m.parse_hello({**message, "type": "hello", "token": None, "last_acked_seq": 0})
+        hello = m.parse_hello(
+            {
+                **message,
+                "type": "hello",
+                "token": None,
+                "last_acked_seq": 0,
+                "traceparent": request.headers.get("traceparent"),
+            }
+        )
         batch = m.parse_batch(message, len(raw), cfg.max_events)
         session = await ingestor.open(
-            hello, bearer(request.headers.get("Authorization")), TRANSPORT
+            hello, bearer(request.headers.get("Authorization")), TRANSPORT, request.remote or ""
         )
     except ProtocolError as e:
         status, code = _STATUS_FOR_CLOSE.get(e.close_code, (400, "malformed"))

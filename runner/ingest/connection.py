@@ -35,6 +35,7 @@ class Transport(Protocol):
 
     name: str
     header_token: str | None
+    peer: str
 
     async def receive(self, wait_s: float) -> tuple[bytes, bool] | None:
         """The next message (payload, is_binary); None when the peer is gone.
@@ -96,7 +97,7 @@ class Connection:
         ):
             try:
                 session = await self._ingestor.open(
-                    hello, self._transport.header_token, self._transport.name
+                    hello, self._transport.header_token, self._transport.name, self._transport.peer
                 )
             except ProtocolError as e:
                 await self.close(e.close_code, e.reason)

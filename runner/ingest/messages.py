@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,6 +49,7 @@ class Batch:
     seq: int
     events: list[Any]
     size: int
+    received: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from runner.buffer.redis_streams import Entry, StreamBuffer
 from runner.config import Config
@@ -21,6 +23,9 @@ from runner.ingest import messages as m
 from runner.ingest.auth import Project, ProjectDirectory
 from runner.policy.store import PolicyStore, in_sample
 from runner.redact import RedactRequest, RedactResult
+from runner.telemetry.audit import AuditLog
+from runner.telemetry.metrics import Metrics
+from runner.telemetry.tracing import parent_context
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +52,7 @@ class Session:
     transport: str
     sampled: bool
     watermark: int
+    trace_parent: Context | None = None
     opened: float = field(default_factory=time.monotonic)
     batches: int = 0
     events: int = 0
@@ -58,7 +64,7 @@ class Session:
 
 @dataclass(slots=True)
 class IngestStats:
-    """Counters the admin status and metrics read."""
+    """Counters the admin status reads (metrics carry the labelled detail)."""
 
     batches_acked: int = 0
     batches_duplicate: int = 0
@@ -77,12 +83,18 @@ class Ingestor:
         policies: PolicyStore,
         redactor: RedactStage,
         buffer: StreamBuffer,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        audit: AuditLog | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
         self._policies = policies
         self._redactor = redactor
         self._buffer = buffer
+        self._metrics = metrics
+        self._tracer = tracer
+        self._audit = audit
         self.stats = IngestStats()
 
     @property
@@ -90,12 +102,21 @@ class Ingestor:
         ingest = self._config.ingest
         return {"max_message_bytes": ingest.max_message_bytes, "max_events": ingest.max_events}
 
-    def authenticate(self, token: str | None) -> Project:
-        return self._directory.authenticate(token)
+    def authenticate(self, token: str | None, transport: str, peer: str) -> Project:
+        """The project for a credential; failures are counted and audited (rate-limited)."""
+        try:
+            return self._directory.authenticate(token)
+        except ProtocolError as e:
+            self._metrics.auth_failures.labels(transport).inc()
+            if self._audit is not None:
+                self._audit.auth_failure(peer, transport, e.reason)
+            raise
 
-    async def open(self, hello: m.Hello, header_token: str | None, transport: str) -> Session:
+    async def open(
+        self, hello: m.Hello, header_token: str | None, transport: str, peer: str = ""
+    ) -> Session:
         """Authenticate a hello and look up where the session resumes; raises ProtocolError."""
-        project = self._directory.authenticate(hello.token or header_token)
+        project = self.authenticate(hello.token or header_token, transport, peer)
         self._directory.connect(project)
         try:
             watermark = await self._buffer.watermark(project.tenant, hello.session_id)
@@ -109,9 +130,11 @@ class Ingestor:
             transport=transport,
             sampled=in_sample(project.tenant, hello.session_id, policy.sampling.session_rate),
             watermark=watermark,
+            trace_parent=parent_context(hello.traceparent),
         )
         opened = self.stats.sessions_open
         opened[transport] = opened.get(transport, 0) + 1
+        self._metrics.sessions.labels(transport).inc()
         log.info(EV_SESSION_OPEN, resume_seq=watermark, sampled=session.sampled)
         return session
 
@@ -127,65 +150,98 @@ class Ingestor:
     def close(self, session: Session) -> None:
         self._directory.disconnect(session.project)
         self.stats.sessions_open[session.transport] -= 1
+        self._metrics.sessions.labels(session.transport).dec()
         self._redactor.end_session(session.tenant, session.session_id)
         log.info(EV_SESSION_CLOSED, batches=session.batches, events=session.events)
 
     async def batch(self, session: Session, batch: m.Batch | m.BadBatch) -> bytes:
         """Handle one batch and return the ack or nack to send."""
+        counted = self._metrics.batches
         if isinstance(batch, m.BadBatch):
             self.stats.batches_nacked += 1
+            counted.labels(session.transport, session.tenant, f"nack_{batch.code}").inc()
             log.info(EV_BATCH_REFUSED, seq=batch.seq, code=batch.code, reason=batch.reason)
             return m.nack(batch.seq, batch.code)
         if batch.seq <= session.watermark or not session.sampled:
             self.stats.batches_duplicate += 1
+            result = "duplicate" if session.sampled else "unsampled"
+            counted.labels(session.transport, session.tenant, result).inc()
             return m.ack(batch.seq)
         retry_ms = self._config.buffer.retry_after_ms
-        try:
-            self._buffer.admit(session.tenant)
-            stored = await self._store(session, batch)
-        except BufferFull:
-            self.stats.batches_nacked += 1
-            return m.nack(batch.seq, m.NACK_BUFFER_FULL, retry_ms)
-        except RunnerError as e:
-            self.stats.batches_nacked += 1
-            log.warning(EV_BATCH_FAILED, seq=batch.seq, error=type(e).__name__)
-            return m.nack(
-                batch.seq, m.NACK_BUFFER_FULL if e.retriable else m.NACK_INVALID, retry_ms
-            )
+        with self._tracer.start_as_current_span(
+            "ingest.batch",
+            context=session.trace_parent,
+            attributes={
+                "traceflow.tenant": session.tenant,
+                "traceflow.seq": batch.seq,
+                "traceflow.events": len(batch.events),
+            },
+        ):
+            try:
+                self._buffer.admit(session.tenant)
+                stored = await self._store(session, batch)
+            except BufferFull:
+                return self._nack(session, batch, m.NACK_BUFFER_FULL, retry_ms)
+            except RunnerError as e:
+                log.warning(EV_BATCH_FAILED, seq=batch.seq, error=type(e).__name__)
+                if e.retriable:
+                    return self._nack(session, batch, m.NACK_BUFFER_FULL, retry_ms)
+                return self._nack(session, batch, m.NACK_INVALID, None)
         if stored:
             session.batches += 1
             session.events += len(batch.events)
             self.stats.batches_acked += 1
+            counted.labels(session.transport, session.tenant, "acked").inc()
         else:
             self.stats.batches_duplicate += 1
+            counted.labels(session.transport, session.tenant, "duplicate").inc()
+        self._metrics.ack_latency.labels(session.transport).observe(
+            time.perf_counter() - batch.received
+        )
         return m.ack(batch.seq)
+
+    def _nack(self, session: Session, batch: m.Batch, code: str, retry_ms: int | None) -> bytes:
+        self.stats.batches_nacked += 1
+        self._metrics.batches.labels(session.transport, session.tenant, f"nack_{code}").inc()
+        return m.nack(batch.seq, code, retry_ms)
 
     async def _store(self, session: Session, batch: m.Batch) -> bool:
         policy = self._policies.current
-        result = await self._redactor.redact(
-            RedactRequest(
-                tenant=session.tenant,
-                project=session.project.id,
-                session_id=session.session_id,
-                policy=policy.for_tenant(session.tenant),
-                events=batch.events,
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span("redact"):
+            result = await self._redactor.redact(
+                RedactRequest(
+                    tenant=session.tenant,
+                    project=session.project.id,
+                    session_id=session.session_id,
+                    policy=policy.for_tenant(session.tenant),
+                    events=batch.events,
+                )
             )
-        )
-        stored = await self._buffer.append(
-            Entry(
-                tenant=session.tenant,
-                project=session.project.id,
-                session_id=session.session_id,
-                seq=batch.seq,
-                policy_version=policy.version,
-                count=result.kept,
-                events=result.events_json,
+        self._metrics.redact_seconds.observe(time.perf_counter() - started)
+        for entity, count in result.entities.items():
+            self._metrics.entities.labels(entity).inc(count)
+        if result.egress_hits:
+            self._metrics.egress_hits.inc()
+        if result.dropped:
+            self._metrics.events_dropped.labels(session.tenant, "drop_event").inc(result.dropped)
+        with self._tracer.start_as_current_span("buffer.append"):
+            stored = await self._buffer.append(
+                Entry(
+                    tenant=session.tenant,
+                    project=session.project.id,
+                    session_id=session.session_id,
+                    seq=batch.seq,
+                    policy_version=policy.version,
+                    count=result.kept,
+                    events=result.events_json,
+                )
             )
-        )
         if stored.watermark > session.watermark:
             session.watermark = stored.watermark
         if stored.stored:
             self.stats.events_stored += result.kept
+            self._metrics.events.labels(session.transport, session.tenant).inc(result.kept)
         return stored.stored
 
 

@@ -41,9 +41,10 @@ class WebSocketTransport:
 
     name = TRANSPORT
 
-    def __init__(self, ws: IngestWebSocket, header_token: str | None) -> None:
+    def __init__(self, ws: IngestWebSocket, header_token: str | None, peer: str) -> None:
         self._ws = ws
         self.header_token = header_token
+        self.peer = peer
 
     async def receive(self, wait_s: float) -> tuple[bytes, bool] | None:
         msg = await self._ws.receive(timeout=wait_s)  # TimeoutError goes to the caller
@@ -77,7 +78,9 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
             await ws.send_frame(m.goaway("drain", 500), WSMsgType.TEXT)
         await ws.close(code=m.CLOSE_GOING_AWAY, message=b"draining")
         return ws
-    transport = WebSocketTransport(ws, bearer(request.headers.get("Authorization")))
+    transport = WebSocketTransport(
+        ws, bearer(request.headers.get("Authorization")), request.remote or ""
+    )
     conn = Connection(request.app[INGESTOR_KEY], transport, cfg)
     connections.add(conn)
     try:
