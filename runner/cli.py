@@ -66,7 +66,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _admin_request(cfg: Config, method: str, path: str) -> tuple[int, Any]:
+class _Unreachable(Exception):
+    """Nothing answers on the admin listener."""
+
+
+def _admin_request(cfg: Config, method: str, path: str, quiet: bool = False) -> tuple[int, Any]:
     import urllib.error
     import urllib.request
 
@@ -85,6 +89,8 @@ def _admin_request(cfg: Config, method: str, path: str) -> tuple[int, Any]:
     except urllib.error.HTTPError as e:
         return e.code, orjson.loads(e.read() or b"{}")
     except OSError as e:
+        if quiet:
+            raise _Unreachable from e
         typer.echo(f"the Runner is not reachable on {host}:{port} ({e})", err=True)
         raise typer.Exit(3) from None
 
@@ -119,14 +125,30 @@ def drain(
     deadline: Annotated[float, typer.Option(help="Seconds to finish in-flight work.")] = 60.0,
 ) -> None:
     """Ask the running Runner to drain: go unready, send goaway, finish in-flight batches."""
+    import time
+
     cfg = _load(config)
     code, body = _admin_request(cfg, "POST", f"/admin/drain?deadline_s={deadline}")
     if code == 401:
         typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
         raise typer.Exit(4)
-    typer.echo(orjson.dumps(body).decode())
     if code >= 300:
+        typer.echo(f"drain refused: {body}", err=True)
         raise typer.Exit(1)
+    typer.echo(f"draining (deadline {deadline:.0f} s)")
+    end = time.monotonic() + deadline + 30
+    while time.monotonic() < end:
+        try:
+            _, state = _admin_request(cfg, "GET", "/admin/status", quiet=True)
+        except _Unreachable:
+            typer.echo("drained: the Runner has stopped")
+            return
+        sessions = sum(state.get("sessions", {}).values())
+        buffered = state.get("buffer", {}).get("bytes_total", 0)
+        typer.echo(f"  sessions open: {sessions}, buffered bytes: {buffered}")
+        time.sleep(1.0)  # progress display interval of an interactive command
+    typer.echo("the Runner is still running after the deadline", err=True)
+    raise typer.Exit(1)
 
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)

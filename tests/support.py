@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -13,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from runner.config import Config, parse_config
 
+REPO = Path(__file__).resolve().parent.parent
 API_KEY = "tf_test_key_0001"
 OTHER_KEY = "tf_test_key_other"
 DISABLED_KEY = "tf_test_key_disabled"
@@ -213,3 +218,74 @@ class Sdk:
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
+
+
+class RunnerProcess:
+    """`runner serve` as a child process on fixed free ports, embedded Redis under data_dir."""
+
+    def __init__(self, tmp: Path, admin_token: str = "admin-secret") -> None:
+        self.data_dir = tmp / "data"
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = tmp / "runner.toml"
+        self.config.write_text(
+            f"""
+[runner]
+data_dir = "{self.data_dir}"
+[ingest]
+listen = "127.0.0.1:{self.port}"
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+token = "{admin_token}"
+[pii]
+workers = 1
+[[projects]]
+id = "web"
+tenant = "{TENANT}"
+api_keys = ["{API_KEY}"]
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "runner.log"
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+                [sys.executable, "-m", "runner.cli", "serve", "--config", str(self.config)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            assert self.proc.poll() is None, f"runner serve exited: {self.log.read_text()[-2000:]}"
+            try:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(ready, deadline_s=60, what="runner serve to be ready")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def redis_pid(self) -> int:
+        return int((self.data_dir / "redis" / "redis.pid").read_text())

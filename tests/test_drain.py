@@ -1,0 +1,64 @@
+"""`runner drain` and SIGTERM against a real `runner serve`: goaway, close 1001, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.support import REPO, RunnerProcess, Sdk
+
+
+async def expect_goaway(sdk: Sdk) -> None:
+    assert await sdk.recv(30) == {"type": "goaway", "reason": "drain", "reconnect_after_ms": 500}
+    with pytest.raises(ConnectionClosed):
+        await sdk.recv(30)
+    assert sdk.ws is not None
+    assert sdk.ws.close_code == 1001
+
+
+@pytest.mark.timeout(180)
+async def test_runner_drain_command_drains_and_exits_zero(tmp_path: Path) -> None:
+    """`runner drain` tells sessions to go, reports progress, and the Runner exits 0."""
+    runner = RunnerProcess(tmp_path)
+    await runner.start()
+    try:
+        sdk = Sdk(runner.url, "s-drain-cli")
+        await sdk.connect()
+        assert (await sdk.batch(1))["type"] == "ack"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runner.cli", "drain", "--deadline", "10",
+            "--config", str(runner.config),
+            cwd=REPO,
+            env={"RUNNER_ADMIN_TOKEN": "admin-secret", "PATH": "/usr/bin:/bin"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await expect_goaway(sdk)
+        out, err = await asyncio.wait_for(cli.communicate(), 90)
+        assert cli.returncode == 0, err.decode()
+        assert b"drained" in out
+        assert runner.proc is not None
+        assert await asyncio.to_thread(runner.proc.wait, 60) == 0
+    finally:
+        runner.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    """SIGTERM drains like `runner drain`: goaway and close 1001 to sessions, then exit 0."""
+    runner = RunnerProcess(tmp_path)
+    await runner.start()
+    try:
+        sdk = Sdk(runner.url, "s-sigterm")
+        await sdk.connect()
+        assert runner.proc is not None
+        runner.proc.send_signal(signal.SIGTERM)
+        await expect_goaway(sdk)
+        assert await asyncio.to_thread(runner.proc.wait, 60) == 0
+    finally:
+        runner.stop()
