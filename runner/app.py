@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from opentelemetry import trace
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,7 +32,9 @@ from runner.ingest.batch import batch_handler
 from runner.ingest.connection import Connections
 from runner.ingest.session import Ingestor
 from runner.ingest.websocket import CONFIG_KEY, CONNECTIONS_KEY, INGESTOR_KEY, stream_handler
+from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore
+from runner.policy.sync import PolicyManager
 from runner.redact import Redactor
 from runner.telemetry.audit import AuditLog
 from runner.telemetry.metrics import Metrics, gauge_family
@@ -84,6 +86,7 @@ class Runner:
         self.buffer: StreamBuffer | None = None
         self.redactor: Redactor | None = redactor
         self.ingestor: Ingestor | None = None
+        self.policy_manager: PolicyManager | None = None
         self._web: list[web.AppRunner] = []
         self._started = 0.0
         self.ingest_address: tuple[str, int] = ("", 0)
@@ -116,6 +119,14 @@ class Runner:
         except RedisError as e:
             raise StartupError(f"cannot reach Redis at {url.split('@')[-1]}: {e}") from e
         await check_durability(self.redis, cfg.buffer.accept_weaker_durability)
+        self.policy_manager = PolicyManager(
+            cfg.control_plane,
+            cfg.runner.data_dir,
+            self.policies,
+            runner_id=cfg.runner.id,
+            audit=lambda action, fields: self.audit.record(action, **fields),
+        )
+        await self.policy_manager.start()
         self.buffer = StreamBuffer(self.redis, cfg.buffer)
         await self.buffer.start()
         if self.redactor is None:
@@ -131,6 +142,7 @@ class Runner:
             self.metrics,
             self.tracer_provider.get_tracer(TRACER_NAME, __version__),
             self.audit,
+            RateLimiter(self.redis, cfg.buffer.stream_prefix),
         )
         self.metrics.add_collector(self._collect)
         self.ingest_address = await self._listen(self._ingest_app(), cfg.ingest.listen)
@@ -200,6 +212,17 @@ class Runner:
         yield gauge_family(
             "traceflow_draining", "1 while the Runner drains.", [], {(): int(self.draining)}
         )
+        manager = self.policy_manager
+        if manager is not None:
+            refusals = CounterMetricFamily(
+                "traceflow_policy_refusals", "Policies refused, by reason.", labels=["reason"]
+            )
+            for reason, count in manager.refusals.items():
+                refusals.add_metric([reason], count)
+            yield refusals
+            applied = CounterMetricFamily("traceflow_policy_applied", "Policies put in force.")
+            applied.add_metric([], manager.applied)
+            yield applied
 
     async def readiness(self) -> dict[str, str]:
         """Failed readiness checks by name; empty when ready."""
@@ -228,10 +251,14 @@ class Runner:
             "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0,
             "draining": self.draining,
             "air_gapped": self.config.air_gapped,
-            "policy": {
-                "version": self.policies.current.version,
-                "source": self.policies.current.source,
-            },
+            "policy": (
+                self.policy_manager.status()
+                if self.policy_manager
+                else {
+                    "version": self.policies.current.version,
+                    "source": self.policies.current.source,
+                }
+            ),
             "sessions": dict(ingestor.stats.sessions_open) if ingestor else {},
             "ingest": {
                 "batches_acked": ingestor.stats.batches_acked if ingestor else 0,
@@ -249,6 +276,11 @@ class Runner:
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the policies folder and poll the control plane now."""
+        if self.policy_manager is not None:
+            self.policy_manager.reload()
 
     def request_drain(self, deadline_s: float) -> None:
         self.drain_deadline_s = deadline_s
@@ -271,6 +303,8 @@ class Runner:
                 await self.buffer.stop()
         if self.redactor is not None and self._own_redactor:
             await self.redactor.stop()
+        if self.policy_manager is not None:
+            await self.policy_manager.stop()
         if self.redis is not None:
             await self.redis.aclose()
         if self.embedded is not None:
@@ -280,10 +314,9 @@ class Runner:
 
 
 async def serve(
-    config: Config, shutdown: asyncio.Event, started: asyncio.Event | None = None
+    runner: Runner, shutdown: asyncio.Event, started: asyncio.Event | None = None
 ) -> None:
     """Run until `shutdown` is set or a drain is requested; then drain and stop."""
-    runner = Runner(config)
     try:
         await runner.start()
         if started is not None:
@@ -310,9 +343,13 @@ def run(config: Config) -> None:
     raise_open_file_limit()
 
     async def main() -> None:
+        runner = Runner(config)
         shutdown = asyncio.Event()
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
+
+        def reload() -> None:
+            runner.reload()
 
         def on_signal() -> None:
             if shutdown.is_set() and task is not None:
@@ -321,7 +358,8 @@ def run(config: Config) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, reload)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(config, shutdown)
+            await serve(runner, shutdown)
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ import typer
 from runner import __version__
 from runner.config import Config, load_config
 from runner.errors import ConfigError, StartupError
+from runner.policy.cli import policy_app
 
 app = typer.Typer(
     name="runner",
@@ -150,6 +151,8 @@ def drain(
     typer.echo("the Runner is still running after the deadline", err=True)
     raise typer.Exit(1)
 
+
+app.add_typer(policy_app, name="policy")
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

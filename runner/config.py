@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import ConfigError
+from runner.policy.settings import ControlPlaneSettings
 from runner.redact.settings import RedactSettings
 
 ENV_PREFIX = "RUNNER_"
@@ -100,10 +101,6 @@ class CloudSection(_Section):
     endpoint: str = ""
 
 
-class ControlPlaneSection(_Section):
-    endpoint: str = ""
-
-
 class ProjectConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -132,7 +129,7 @@ class Config(_Section):
     buffer: BufferSection = BufferSection()
     dlq: DlqSection = DlqSection()
     cloud: CloudSection = CloudSection()
-    control_plane: ControlPlaneSection = ControlPlaneSection()
+    control_plane: ControlPlaneSettings = ControlPlaneSettings()
     pii: RedactSettings = RedactSettings()
     telemetry: TelemetrySection = TelemetrySection()
     projects: tuple[ProjectConfig, ...] = ()

@@ -128,6 +128,7 @@ def make_config(data_dir: Path, redis_url: str, **sections: dict[str, Any]) -> C
         "admin": {"listen": "127.0.0.1:0", "token": "admin-secret"},
         "buffer": {"redis_url": redis_url},
         "pii": {"workers": 1},
+        "control_plane": {"policies_dir": str(data_dir / "no-policies")},
         "projects": [
             {"id": "web", "tenant": TENANT, "api_keys": [API_KEY]},
             {"id": "other", "tenant": "other-bank", "api_keys": [OTHER_KEY]},
@@ -289,3 +290,13 @@ api_keys = ["{API_KEY}"]
 
     def redis_pid(self) -> int:
         return int((self.data_dir / "redis" / "redis.pid").read_text())
+
+
+async def stream_entries(
+    redis: Any, tenant: str = TENANT, prefix: str = "tf"
+) -> list[dict[bytes, bytes]]:
+    """The fields of every entry in a tenant's stream, oldest first."""
+    from runner.buffer.keys import Keys
+
+    entries = await redis.xrange(Keys(prefix).stream(tenant))
+    return [dict(fields) for _, fields in entries or []]

@@ -53,12 +53,12 @@ def test_environment_overrides_the_file() -> None:
         {"ingest": {"max_events": 10}},
         environ={
             "RUNNER_INGEST_MAX_EVENTS": "500",
-            "RUNNER_CONTROL_PLANE_ENDPOINT": "https://cp.example",
+            "RUNNER_CONTROL_PLANE_POLICIES_DIR": "/srv/policies",
             "RUNNER_ADMIN_TOKEN": "s3cret",
         },
     )
     assert cfg.ingest.max_events == 500
-    assert cfg.control_plane.endpoint == "https://cp.example"
+    assert cfg.control_plane.policies_dir == Path("/srv/policies")
     assert cfg.admin.token == "s3cret"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import zstandard
@@ -11,14 +11,9 @@ from redis.asyncio import Redis
 from runner.app import Runner
 from runner.buffer.keys import FORWARD_GROUP, Keys
 from tests.conftest import ws_url
-from tests.support import TENANT, Sdk, rrweb_batch
+from tests.support import TENANT, Sdk, rrweb_batch, stream_entries
 
 KEYS = Keys("tf")
-
-
-async def stream_entries(redis: Redis, tenant: str = TENANT) -> list[dict[bytes, bytes]]:
-    entries = await redis.xrange(KEYS.stream(tenant))
-    return [cast(dict[bytes, bytes], fields) for _, fields in entries or []]
 
 
 async def stored_seqs(redis: Redis, session_id: str) -> list[int]:

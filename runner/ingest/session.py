@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from opentelemetry import trace
@@ -21,6 +21,9 @@ from runner.config import Config
 from runner.errors import BufferFull, BufferUnavailable, ProtocolError, RunnerError
 from runner.ingest import messages as m
 from runner.ingest.auth import Project, ProjectDirectory
+from runner.policy.features import filter_events
+from runner.policy.model import Policy
+from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore, in_sample
 from runner.redact import RedactRequest, RedactResult
 from runner.telemetry.audit import AuditLog
@@ -86,6 +89,7 @@ class Ingestor:
         metrics: Metrics,
         tracer: trace.Tracer,
         audit: AuditLog | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
@@ -95,6 +99,7 @@ class Ingestor:
         self._metrics = metrics
         self._tracer = tracer
         self._audit = audit
+        self._limiter = limiter
         self.stats = IngestStats()
 
     @property
@@ -168,6 +173,8 @@ class Ingestor:
             counted.labels(session.transport, session.tenant, result).inc()
             return m.ack(batch.seq)
         retry_ms = self._config.buffer.retry_after_ms
+        policy = self._policies.current  # one snapshot judges the whole batch
+        rules = policy.for_tenant(session.tenant)
         with self._tracer.start_as_current_span(
             "ingest.batch",
             context=session.trace_parent,
@@ -175,11 +182,21 @@ class Ingestor:
                 "traceflow.tenant": session.tenant,
                 "traceflow.seq": batch.seq,
                 "traceflow.events": len(batch.events),
+                "traceflow.policy_version": policy.version,
             },
         ):
             try:
+                events, dropped = filter_events(batch.events, rules.features)
+                if dropped:
+                    self._metrics.events_dropped.labels(session.tenant, "feature").inc(dropped)
+                if self._limiter is not None:
+                    wait_ms = await self._limiter.take(
+                        session.tenant, len(events), rules.rate_limit
+                    )
+                    if wait_ms is not None:
+                        return self._nack(session, batch, m.NACK_RATE_LIMITED, wait_ms)
                 self._buffer.admit(session.tenant)
-                stored = await self._store(session, batch)
+                stored = await self._store(session, batch.seq, events, policy)
             except BufferFull:
                 return self._nack(session, batch, m.NACK_BUFFER_FULL, retry_ms)
             except RunnerError as e:
@@ -205,8 +222,7 @@ class Ingestor:
         self._metrics.batches.labels(session.transport, session.tenant, f"nack_{code}").inc()
         return m.nack(batch.seq, code, retry_ms)
 
-    async def _store(self, session: Session, batch: m.Batch) -> bool:
-        policy = self._policies.current
+    async def _store(self, session: Session, seq: int, events: list[Any], policy: Policy) -> bool:
         started = time.perf_counter()
         with self._tracer.start_as_current_span("redact"):
             result = await self._redactor.redact(
@@ -215,7 +231,7 @@ class Ingestor:
                     project=session.project.id,
                     session_id=session.session_id,
                     policy=policy.for_tenant(session.tenant),
-                    events=batch.events,
+                    events=events,
                 )
             )
         self._metrics.redact_seconds.observe(time.perf_counter() - started)
@@ -231,7 +247,7 @@ class Ingestor:
                     tenant=session.tenant,
                     project=session.project.id,
                     session_id=session.session_id,
-                    seq=batch.seq,
+                    seq=seq,
                     policy_version=policy.version,
                     count=result.kept,
                     events=result.events_json,

@@ -8,9 +8,10 @@ receiver"), wrong types and bad values are refused.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Action = Literal["token", "mask", "redact", "hash", "drop_event"]
 TextMode = Literal["mask_all", "detect"]
@@ -112,16 +113,59 @@ STRICT_DEFAULT = TenantPolicy()
 """The strictest built-in default: mask_all, inputs masked, no network bodies, forward on."""
 
 
+SOURCE_CONTROL_PLANE = "control_plane"
+"""Received from the control plane and verified in this process."""
+SOURCE_LAST_GOOD = "last_good"
+"""The last control-plane policy kept on disk, re-verified at start-up."""
+SOURCE_FILES = "files"
+"""The local `policies/` folder."""
+SOURCE_BUILTIN = "builtin"
+"""The strict built-in default: no other source had a usable policy."""
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """An RFC 3339 time with an offset (`Z` or `+hh:mm`); raises ValueError otherwise."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("an RFC 3339 time needs an offset (Z or +hh:mm)")
+    return parsed
+
+
 class Policy(_Frozen):
     version: int = Field(ge=0)
     issued_at: str | None = None
     expires_at: str | None = None
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
-    source: str = "builtin"
+    source: str = SOURCE_BUILTIN
+    """Where this snapshot came from (`SOURCE_*`); set by the Runner, never by the payload."""
+
+    @field_validator("issued_at", "expires_at")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rfc3339(value)
+        return value
 
     def for_tenant(self, tenant: str) -> TenantPolicy:
         """The tenant's policy, or the policy's `default` entry, or the strict default."""
         return self.tenants.get(tenant) or self.tenants.get("default") or STRICT_DEFAULT
 
+    @property
+    def expires(self) -> datetime | None:
+        return parse_rfc3339(self.expires_at) if self.expires_at is not None else None
 
-BUILTIN_POLICY = Policy(version=0, source="builtin")
+    def expired(self, now: datetime) -> bool:
+        """True when `expires_at` is set and not after `now` (an aware datetime)."""
+        expires = self.expires
+        return expires is not None and expires <= now
+
+    def same_rules(self, other: Policy) -> bool:
+        """The same version, tenants and expiry: re-sending it changes nothing."""
+        return (
+            self.version == other.version
+            and self.tenants == other.tenants
+            and self.expires_at == other.expires_at
+        )
+
+
+BUILTIN_POLICY = Policy(version=0, source=SOURCE_BUILTIN)
