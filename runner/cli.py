@@ -78,7 +78,7 @@ def _admin_request(cfg: Config, method: str, path: str, quiet: bool = False) -> 
     host, _, port = cfg.admin.listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard bind is reached on loopback
         host = "127.0.0.1"
-    token = os.environ.get("RUNNER_ADMIN_TOKEN", cfg.admin.token)
+    token = os.environ.get("RUNNER_ADMIN_TOKEN") or cfg.admin.resolved_token()
     request = urllib.request.Request(
         f"http://{host}:{port}{path}",
         method=method,
