@@ -26,7 +26,7 @@ from runner.admin.routes import admin_app
 from runner.buffer.embedded import EmbeddedRedis
 from runner.buffer.redis_streams import StreamBuffer, check_durability
 from runner.config import Config
-from runner.errors import BufferUnavailable, StartupError
+from runner.errors import BufferUnavailable, ConfigError, StartupError
 from runner.ingest.auth import ProjectDirectory
 from runner.ingest.batch import batch_handler
 from runner.ingest.connection import Connections
@@ -36,6 +36,17 @@ from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore
 from runner.policy.sync import PolicyManager
 from runner.redact import Redactor
+from runner.security.hardening import (
+    HardenedTCPSite,
+    app_runner_kwargs,
+    check_admin_bind,
+    exposure_warnings,
+    source_limit_middleware,
+)
+from runner.security.jwt import JwtVerifier
+from runner.security.ratelimit import FailedAuthLimiter
+from runner.security.settings import ListenerLimits
+from runner.security.tls import ReloadingTls, TlsConfigError
 from runner.telemetry.audit import AuditLog
 from runner.telemetry.metrics import Metrics, gauge_family
 from runner.telemetry.tracing import TRACER_NAME, build_provider
@@ -43,6 +54,7 @@ from runner.telemetry.tracing import TRACER_NAME, build_provider
 log = structlog.get_logger(__name__)
 
 EV_STARTED = "runner.started"
+EV_EXPOSURE = "runner.exposure"
 EV_DRAINING = "runner.draining"
 EV_STOPPED = "runner.stopped"
 READY_CHECK_TIMEOUT_S = 1.0
@@ -90,6 +102,13 @@ class Runner:
         self._web: list[web.AppRunner] = []
         self._started = 0.0
         self.ingest_address: tuple[str, int] = ("", 0)
+        self.tls: dict[str, ReloadingTls] = {
+            name: ReloadingTls(name, section.tls)
+            for name, section in (("ingest", config.ingest), ("admin", config.admin))
+            if section.tls.enabled
+        }
+        self.jwt = JwtVerifier(config.projects)
+        self.auth_limiter = FailedAuthLimiter(config.ingest.auth_throttle)
         self.admin_address: tuple[str, int] = ("", 0)
 
     async def start(self) -> None:
@@ -107,6 +126,20 @@ class Runner:
         cfg = self.config
         cfg.runner.data_dir.mkdir(parents=True, exist_ok=True)
         admin_token = cfg.admin.resolved_token()
+        try:
+            check_admin_bind(cfg.admin.listen, cfg.admin.tls, admin_token)
+        except ConfigError as e:
+            raise StartupError(str(e)) from e
+        for warning in exposure_warnings(cfg.ingest.listen, cfg.ingest.tls):
+            log.warning(EV_EXPOSURE, detail=warning)
+        for tls in self.tls.values():
+            try:
+                await tls.start()
+            except TlsConfigError as e:
+                raise StartupError(f"{tls.name}.tls: {e}") from e
+            self.metrics.add_collector(tls.collect)
+        await self.jwt.start()
+        self.metrics.add_collector(self.auth_limiter.collect)
         await self.audit.start()
         url = cfg.buffer.redis_url
         if url == "embedded":
@@ -143,11 +176,15 @@ class Runner:
             self.tracer_provider.get_tracer(TRACER_NAME, __version__),
             self.audit,
             RateLimiter(self.redis, cfg.buffer.stream_prefix),
+            jwt=self.jwt,
+            auth_limiter=self.auth_limiter,
         )
         self.metrics.add_collector(self._collect)
-        self.ingest_address = await self._listen(self._ingest_app(), cfg.ingest.listen)
+        self.ingest_address = await self._listen(
+            self._ingest_app(), cfg.ingest.listen, "ingest", cfg.ingest.limits
+        )
         self.admin_address = await self._listen(
-            admin_app(self, admin_token, self.audit), cfg.admin.listen
+            admin_app(self, admin_token, self.audit), cfg.admin.listen, "admin", cfg.admin.limits
         )
         self._started = time.monotonic()
         log.info(
@@ -159,7 +196,10 @@ class Runner:
         )
 
     def _ingest_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.ingest.max_message_bytes)
+        app = web.Application(
+            client_max_size=self.config.ingest.max_message_bytes,
+            middlewares=[source_limit_middleware(self.config.ingest.limits)],
+        )
         assert self.ingestor is not None
         app[CONFIG_KEY] = self.config
         app[INGESTOR_KEY] = self.ingestor
@@ -168,12 +208,26 @@ class Runner:
         app.router.add_post("/v1/batch", batch_handler)
         return app
 
-    async def _listen(self, app: web.Application, listen: str) -> tuple[str, int]:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _listen(
+        self, app: web.Application, listen: str, name: str, limits: ListenerLimits
+    ) -> tuple[str, int]:
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **app_runner_kwargs(limits)
+        )
         await runner.setup()
         self._web.append(runner)
         host, port = _host_port(listen)
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        tls = self.tls.get(name)
+        site = HardenedTCPSite(
+            runner,
+            host,
+            port,
+            ssl_context=tls.context if tls is not None else None,
+            handshake_timeout_s=(
+                self.config.ingest if name == "ingest" else self.config.admin
+            ).tls.handshake_timeout_s,
+            backlog=1024,
+        )
         await site.start()
         bound = runner.addresses[0]
         return str(bound[0]), int(bound[1])
@@ -251,6 +305,11 @@ class Runner:
             "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0,
             "draining": self.draining,
             "air_gapped": self.config.air_gapped,
+            "security": {
+                "tls": {name: tls.status() for name, tls in self.tls.items()},
+                "jwt": self.jwt.status(),
+                "auth_throttle": self.auth_limiter.status(),
+            },
             "policy": (
                 self.policy_manager.status()
                 if self.policy_manager
@@ -298,6 +357,9 @@ class Runner:
         for runner in reversed(self._web):
             await runner.cleanup()
         self._web.clear()
+        for tls in self.tls.values():
+            await tls.stop()
+        await self.jwt.stop()
         if self.buffer is not None:
             with contextlib.suppress(BufferUnavailable):
                 await self.buffer.stop()

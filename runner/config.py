@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runner.errors import ConfigError
 from runner.policy.settings import ControlPlaneSettings
 from runner.redact.settings import RedactSettings
+from runner.security.settings import (
+    AuthThrottleSettings,
+    JwtSettings,
+    ListenerLimits,
+    TlsSettings,
+)
 
 ENV_PREFIX = "RUNNER_"
 ENV_NOT_CONFIG = frozenset({"RUNNER_CONFIG"})
@@ -49,12 +55,17 @@ class IngestSection(_Section):
     send_timeout_s: float = Field(default=10.0, gt=0)
     max_connections_per_project: int = Field(default=10_000, ge=1)
     max_inflight_per_session: int = Field(default=8, ge=1, le=1024)
+    tls: TlsSettings = TlsSettings()
+    limits: ListenerLimits = ListenerLimits()
+    auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
 
 
 class AdminSection(_Section):
     listen: HostPort = "127.0.0.1:9090"
     token: str = ""
     token_file: Path | None = None
+    tls: TlsSettings = TlsSettings()
+    limits: ListenerLimits = ListenerLimits()
 
     def resolved_token(self) -> str:
         """The admin token: `token` (or RUNNER_ADMIN_TOKEN), else the first line of token_file."""
@@ -107,6 +118,7 @@ class ProjectConfig(_Section):
     api_keys: tuple[str, ...] = ()
     api_key_sha256: tuple[Sha256Hex, ...] = ()
     enabled: bool = True
+    jwt: JwtSettings | None = None
 
     @field_validator("api_keys")
     @classmethod

@@ -31,8 +31,10 @@ class ProjectDirectory:
 
     def __init__(self, projects: tuple[ProjectConfig, ...], max_connections: int) -> None:
         self._by_hash: dict[bytes, Project] = {}
+        self._by_id: dict[str, Project] = {}
         for cfg in projects:
             project = Project(cfg.id, cfg.tenant, cfg.enabled)
+            self._by_id[cfg.id] = project
             for digest in cfg.key_hashes():
                 self._by_hash[bytes.fromhex(digest)] = project
         self._max_connections = max_connections
@@ -51,6 +53,10 @@ class ProjectDirectory:
         if not project.enabled:
             raise ProtocolError(CLOSE_DISABLED, "project is disabled")
         return project
+
+    def project(self, project_id: str) -> Project:
+        """A project by id (a verified JWT names its project)."""
+        return self._by_id[project_id]
 
     def connect(self, project: Project) -> None:
         """Count a connection for the project; 4429 above the cap."""

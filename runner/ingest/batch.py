@@ -18,6 +18,7 @@ after the batch is durable. Errors map to HTTP statuses:
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import orjson
@@ -28,6 +29,7 @@ from runner.ingest import messages as m
 from runner.ingest.auth import bearer
 from runner.ingest.session import Ingestor
 from runner.ingest.websocket import CONFIG_KEY, CONNECTIONS_KEY, INGESTOR_KEY
+from runner.security.ratelimit import AuthThrottled
 
 TRANSPORT = "http"
 
@@ -71,7 +73,11 @@ async def batch_handler(request: web.Request) -> web.Response:
     if not request.app[CONNECTIONS_KEY].accepting:
         return _error(503, "draining", "the Runner is draining; retry on another replica")
     try:
-        raw = await _read_body(request, cfg.max_message_bytes)
+        try:
+            async with asyncio.timeout(cfg.limits.body_timeout_s):
+                raw = await _read_body(request, cfg.max_message_bytes)
+        except TimeoutError:
+            return _error(408, "timeout", "the body did not arrive in time")
         binary = raw.startswith(m.ZSTD_MAGIC)
         message = m.decode(raw, binary, cfg.max_message_bytes)
         hello = m.parse_hello(
@@ -87,6 +93,10 @@ async def batch_handler(request: web.Request) -> web.Response:
         session = await ingestor.open(
             hello, bearer(request.headers.get("Authorization")), TRANSPORT, request.remote or ""
         )
+    except AuthThrottled as e:
+        response = _error(429, "auth_throttled", e.reason)
+        response.headers["Retry-After"] = e.retry_after_header
+        return response
     except ProtocolError as e:
         status, code = _STATUS_FOR_CLOSE.get(e.close_code, (400, "malformed"))
         return _error(status, code, e.reason)

@@ -26,6 +26,8 @@ from runner.policy.model import Policy
 from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore, in_sample
 from runner.redact import RedactRequest, RedactResult
+from runner.security.jwt import JwtVerifier, looks_like_jwt
+from runner.security.ratelimit import FailedAuthLimiter
 from runner.telemetry.audit import AuditLog
 from runner.telemetry.metrics import Metrics
 from runner.telemetry.tracing import parent_context
@@ -90,6 +92,8 @@ class Ingestor:
         tracer: trace.Tracer,
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
+        jwt: JwtVerifier | None = None,
+        auth_limiter: FailedAuthLimiter | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
@@ -100,6 +104,8 @@ class Ingestor:
         self._tracer = tracer
         self._audit = audit
         self._limiter = limiter
+        self._jwt = jwt
+        self._auth_limiter = auth_limiter
         self.stats = IngestStats()
 
     @property
@@ -109,12 +115,30 @@ class Ingestor:
 
     def authenticate(self, token: str | None, transport: str, peer: str) -> Project:
         """The project for a credential; failures are counted and audited (rate-limited)."""
+        if self._auth_limiter is not None:
+            try:
+                self._auth_limiter.check(peer)  # a blocked source is refused before any check
+            except ProtocolError:
+                self._metrics.auth_failures.labels(transport).inc()
+                raise
         try:
+            if self._jwt is not None and self._jwt.enabled and looks_like_jwt(token):
+                assert token is not None
+                identity = self._jwt.verify(token)
+                return self._directory.project(identity.project)
             return self._directory.authenticate(token)
         except ProtocolError as e:
             self._metrics.auth_failures.labels(transport).inc()
             if self._audit is not None:
                 self._audit.auth_failure(peer, transport, e.reason)
+            limiter = self._auth_limiter
+            blocked = (
+                e.close_code == m.CLOSE_UNAUTHORIZED
+                and limiter is not None
+                and limiter.failed(peer)
+            )
+            if blocked and self._audit is not None:
+                self._audit.record("auth.blocked", source=peer, transport=transport)
             raise
 
     async def open(
