@@ -13,6 +13,7 @@ from runner import __version__
 from runner.config import Config, load_config
 from runner.errors import ConfigError, StartupError
 from runner.policy.cli import policy_app
+from runner.redact.cli import detokenize
 from runner.security.cli import certs_app
 
 app = typer.Typer(
@@ -154,6 +155,7 @@ def drain(
 
 
 app.add_typer(policy_app, name="policy")
+app.command("detokenize")(detokenize)
 app.add_typer(certs_app, name="certs")
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)

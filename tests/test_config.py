@@ -163,5 +163,8 @@ def test_cli_version() -> None:
 
 def test_secret_variables_named_by_env_settings_are_not_config_keys() -> None:
     """A variable named by a `*_env` setting (e.g. the vault key) is a secret, not an override."""
-    cfg = parse_config({}, environ={"RUNNER_PII_VAULT_KEY": "00" * 32, "RUNNER_PII_TOKEN_KEY": "x"})
+    cfg = parse_config(
+        {"pii": {"vault_key_env": "RUNNER_PII_VAULT_KEY"}},
+        environ={"RUNNER_PII_VAULT_KEY": "00" * 32, "RUNNER_CONTROL_PLANE_TOKEN": "x"},
+    )
     assert cfg.pii.vault_key_env == "RUNNER_PII_VAULT_KEY"

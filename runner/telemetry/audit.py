@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -144,16 +145,34 @@ class AuditLog:
                     self._queue.task_done()
 
     def _append(self, batch: list[dict[str, Any]]) -> None:
+        self._prev = append_records(self.path, batch)
+
+
+def append_records(path: Path, batch: list[dict[str, Any]]) -> str:
+    """Chain and append records under an exclusive lock, then fsync; returns the last hash.
+
+    The lock and the re-read of the last hash let other writers (the Runner and a
+    `runner detokenize` on the same host) share one chain.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        prev = last_hash(path)
         lines = []
-        prev = self._prev
         for body in batch:
             body["prev"] = prev
             prev = _digest(prev, body)
             lines.append(orjson.dumps({**body, "hash": prev}) + b"\n")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._prev = prev
+        os.write(fd, b"".join(lines))
+        os.fsync(fd)
+        return prev
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def record_now(path: Path, action: str, **fields: Any) -> None:
+    """Append one record synchronously (for CLI commands that run outside the Runner)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "action": action}
+    body.update(fields)
+    append_records(path, [body])
