@@ -24,13 +24,16 @@ from redis.exceptions import RedisError
 from runner import __version__
 from runner.admin.routes import admin_app
 from runner.buffer.embedded import EmbeddedRedis
+from runner.buffer.keys import Keys
 from runner.buffer.redis_streams import StreamBuffer, check_durability
 from runner.config import Config
 from runner.errors import BufferUnavailable, ConfigError, StartupError
+from runner.forward.forwarder import Forwarder
 from runner.ingest.auth import ProjectDirectory
 from runner.ingest.batch import batch_handler
 from runner.ingest.connection import Connections
 from runner.ingest.session import Ingestor
+from runner.ingest.webrtc import PeerConnections, add_webrtc_routes
 from runner.ingest.websocket import CONFIG_KEY, CONNECTIONS_KEY, INGESTOR_KEY, stream_handler
 from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore
@@ -56,6 +59,7 @@ log = structlog.get_logger(__name__)
 EV_STARTED = "runner.started"
 EV_EXPOSURE = "runner.exposure"
 EV_DRAINING = "runner.draining"
+EV_DRAINED = "runner.drained"
 EV_STOPPED = "runner.stopped"
 READY_CHECK_TIMEOUT_S = 1.0
 GOAWAY_RECONNECT_MS = 500
@@ -93,12 +97,16 @@ class Runner:
         self.draining = False
         self.drain_requested = asyncio.Event()
         self.drain_deadline_s = 60.0
+        self.drain_state = ""
+        self.drain_remaining = 0
         self.embedded: EmbeddedRedis | None = None
         self.redis: Redis | None = None
         self.buffer: StreamBuffer | None = None
         self.redactor: Redactor | None = redactor
         self.ingestor: Ingestor | None = None
         self.policy_manager: PolicyManager | None = None
+        self.forwarder: Forwarder | None = None
+        self.peers: PeerConnections | None = None
         self._web: list[web.AppRunner] = []
         self._started = 0.0
         self.ingest_address: tuple[str, int] = ("", 0)
@@ -162,6 +170,11 @@ class Runner:
         await self.policy_manager.start()
         self.buffer = StreamBuffer(self.redis, cfg.buffer)
         await self.buffer.start()
+        if cfg.forward.enabled:
+            self.forwarder = Forwarder(
+                self.redis, cfg, self.policies, Keys(cfg.buffer.stream_prefix)
+            )
+            await self.forwarder.start()
         if self.redactor is None:
             self.redactor = Redactor(cfg.pii, cfg.runner.data_dir)
             await self.redactor.start()
@@ -179,7 +192,15 @@ class Runner:
             jwt=self.jwt,
             auth_limiter=self.auth_limiter,
         )
+        if cfg.webrtc.enabled:
+            self.peers = PeerConnections(
+                cfg.webrtc, cfg.ingest, cfg.buffer.retry_after_ms, self.ingestor, self.connections
+            )
+            await self.peers.start()
+            self.metrics.add_collector(self.peers.collect)
         self.metrics.add_collector(self._collect)
+        if self.forwarder is not None:
+            self.metrics.add_collector(self.forwarder.collect)
         self.ingest_address = await self._listen(
             self._ingest_app(), cfg.ingest.listen, "ingest", cfg.ingest.limits
         )
@@ -206,6 +227,8 @@ class Runner:
         app[CONNECTIONS_KEY] = self.connections
         app.router.add_get("/v1/stream", stream_handler)
         app.router.add_post("/v1/batch", batch_handler)
+        if self.peers is not None:
+            add_webrtc_routes(app, self.peers)
         return app
 
     async def _listen(
@@ -292,6 +315,8 @@ class Runner:
             failed["buffer"] = f"Redis unreachable ({type(e).__name__})"
         if self.buffer.over_high_water():
             failed["buffer_high_water"] = "buffer is at its high-water mark"
+        if self.forwarder is not None and (reason := self.forwarder.ready()):
+            failed["forwarder"] = reason
         if self.policies.current is None:
             failed["policy"] = "no policy in force"
         return failed
@@ -331,6 +356,8 @@ class Runner:
                 "high_water_bytes": self.config.buffer.high_water_bytes,
                 "embedded_redis_restarts": self.embedded.restarts if self.embedded else 0,
             },
+            "forward": self.forwarder.state() if self.forwarder else {},
+            "drain": {"state": self.drain_state, "remaining_entries": self.drain_remaining},
         }
 
     def metrics_text(self) -> bytes:
@@ -345,18 +372,38 @@ class Runner:
         self.drain_deadline_s = deadline_s
         self.drain_requested.set()
 
-    async def drain(self, deadline_s: float) -> None:
-        """Go unready, tell clients to go, and let in-flight batches finish within the deadline."""
+    async def drain(self, deadline_s: float) -> int:
+        """Drain within the deadline; returns the entries left in Redis for the next start.
+
+        Order (uvicorn's shutdown): go unready → goaway and close 1001 to every session
+        (each finishes the batches it already read) → forward the buffer until it is
+        empty or the deadline → stop claiming and let in-flight chunks finish.
+        """
+        end = time.monotonic() + deadline_s
         self.draining = True
+        self.drain_state = "sessions"
         log.info(EV_DRAINING, deadline_s=deadline_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.connections.goaway(GOAWAY_RECONNECT_MS), deadline_s)
+        remaining = 0
+        if self.forwarder is not None:
+            self.drain_state = "forwarding"
+            left = max(0.0, end - time.monotonic())
+            remaining = await self.forwarder.run_until_empty(left)
+            await self.forwarder.flush(max(0.0, end - time.monotonic()))
+        self.drain_state = "done"
+        self.drain_remaining = remaining
+        log.info(EV_DRAINED, remaining_entries=remaining)
+        self.audit.record("drain.finished", remaining_entries=remaining)
+        return remaining
 
     async def stop(self) -> None:
         """Close listeners, then the PII engine, the buffer and Redis, in that order."""
         for runner in reversed(self._web):
             await runner.cleanup()
         self._web.clear()
+        if self.peers is not None:
+            await self.peers.stop()
         for tls in self.tls.values():
             await tls.stop()
         await self.jwt.stop()
@@ -367,6 +414,8 @@ class Runner:
             await self.redactor.stop()
         if self.policy_manager is not None:
             await self.policy_manager.stop()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         if self.redis is not None:
             await self.redis.aclose()
         if self.embedded is not None:

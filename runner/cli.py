@@ -12,6 +12,7 @@ import typer
 from runner import __version__
 from runner.config import Config, load_config
 from runner.errors import ConfigError, StartupError
+from runner.forward.cli import chunks_app, dlq_app
 from runner.policy.cli import policy_app
 from runner.redact.cli import detokenize
 from runner.security.cli import certs_app
@@ -157,6 +158,8 @@ def drain(
 app.add_typer(policy_app, name="policy")
 app.command("detokenize")(detokenize)
 app.add_typer(certs_app, name="certs")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(chunks_app, name="chunks")
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

@@ -17,6 +17,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import ConfigError
+from runner.forward.settings import CloudSettings, DlqSettings, ForwardSettings
+from runner.ingest.rtc_settings import WebRtcSettings
 from runner.policy.settings import ControlPlaneSettings
 from runner.redact.settings import RedactSettings
 from runner.security.settings import (
@@ -89,8 +91,8 @@ class BufferSection(_Section):
     redis_url: str = "embedded"
     redis_server: str = "redis-server"
     accept_weaker_durability: bool = False
-    high_water_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
-    tenant_high_water_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    high_water_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    tenant_high_water_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     retry_after_ms: int = Field(default=2000, ge=1)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     max_group_batches: int = Field(default=256, ge=1, le=10_000)
@@ -102,14 +104,6 @@ class BufferSection(_Section):
         if value == "embedded" or value.startswith(("redis://", "rediss://", "unix://")):
             return value
         raise ValueError('expected "embedded" or a redis://, rediss:// or unix:// URL')
-
-
-class DlqSection(_Section):
-    url: str = ""
-
-
-class CloudSection(_Section):
-    endpoint: str = ""
 
 
 class ProjectConfig(_Section):
@@ -139,11 +133,13 @@ class Config(_Section):
     ingest: IngestSection = IngestSection()
     admin: AdminSection = AdminSection()
     buffer: BufferSection = BufferSection()
-    dlq: DlqSection = DlqSection()
-    cloud: CloudSection = CloudSection()
+    dlq: DlqSettings = DlqSettings()
+    cloud: CloudSettings = CloudSettings()
+    forward: ForwardSettings = ForwardSettings()
     control_plane: ControlPlaneSettings = ControlPlaneSettings()
     pii: RedactSettings = RedactSettings()
     telemetry: TelemetrySection = TelemetrySection()
+    webrtc: WebRtcSettings = WebRtcSettings()
     projects: tuple[ProjectConfig, ...] = ()
 
     @model_validator(mode="after")

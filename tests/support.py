@@ -129,6 +129,7 @@ def make_config(data_dir: Path, redis_url: str, **sections: dict[str, Any]) -> C
         "buffer": {"redis_url": redis_url},
         "pii": {"workers": 1},
         "control_plane": {"policies_dir": str(data_dir / "no-policies")},
+        "forward": {"enabled": False},  # ingest tests read the buffer; forwarding tests opt in
         "projects": [
             {"id": "web", "tenant": TENANT, "api_keys": [API_KEY]},
             {"id": "other", "tenant": "other-bank", "api_keys": [OTHER_KEY]},
@@ -224,7 +225,13 @@ class Sdk:
 class RunnerProcess:
     """`runner serve` as a child process on fixed free ports, embedded Redis under data_dir."""
 
-    def __init__(self, tmp: Path, admin_token: str = "admin-secret") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        admin_token: str = "admin-secret",
+        forward: bool = False,
+        cloud_endpoint: str = "",
+    ) -> None:
         self.data_dir = tmp / "data"
         self.port = free_port()
         self.admin_port = free_port()
@@ -240,6 +247,14 @@ listen = "127.0.0.1:{self.admin_port}"
 token = "{admin_token}"
 [pii]
 workers = 1
+[control_plane]
+policies_dir = "{tmp / "no-policies"}"
+[forward]
+enabled = {"true" if forward else "false"}
+linger_s = 0.05
+[cloud]
+endpoint = "{cloud_endpoint}"
+max_attempts = 1000
 [[projects]]
 id = "web"
 tenant = "{TENANT}"

@@ -6,11 +6,14 @@
 | `<p>:{<tenant>}:seq:<session_id>` | hash   | `w` = highest contiguous seq stored; `<seq>` = 1  |
 |                                   |        | for each seq stored above `w` (until filled)      |
 | `<p>:{<tenant>}:bytes`            | string | bytes of entries not yet forwarded                |
+| `<p>:{<tenant>}:chunks`           | hash   | chunk id → manifest of the entry ids it covers    |
+| `<p>:{<tenant>}:ratelimit`        | hash   | the tenant's token bucket, shared by replicas     |
 | `<p>:tenants`                     | set    | tenants that have a stream (for the forwarder)    |
 
 `<p>` is `[buffer] stream_prefix` (default `tf`). Stream entry fields:
 `sid` session id, `proj` project, `seq`, `pv` policy version, `n` event count,
 `t` receive time (ms), `ev` the redacted events as a JSON array (bytes).
+A replayed dead letter is one entry `rp` (chunk id), `pv`, `n`, `t`, `body` (NDJSON).
 """
 
 from __future__ import annotations

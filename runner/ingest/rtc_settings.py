@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from aiortc import RTCIceServer
-from aiortc.rtcicetransport import parse_stun_turn_uri
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+if TYPE_CHECKING:
+    from aiortc import RTCIceServer
+
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 class WebRtcSettings(BaseModel):
@@ -54,6 +59,10 @@ class WebRtcSettings(BaseModel):
     candidates elsewhere are dropped from its offer, so an offer cannot make the Runner send
     UDP to arbitrary hosts. Empty: any address the client lists."""
 
+    allowed_origins: tuple[str, ...] = ("*",)
+    """Web origins whose pages may post offers (CORS), e.g. ["https://netbanking.acme.in"].
+    "*" allows any origin; the API key still decides who may connect."""
+
     max_peers: int = Field(default=5000, ge=1, le=1_000_000)
     """Peer connections open at once, all projects together; more get HTTP 429."""
     max_peers_per_project: int = Field(default=1000, ge=1, le=1_000_000)
@@ -70,8 +79,9 @@ class WebRtcSettings(BaseModel):
     inbox_messages: int = Field(default=16, ge=1, le=4096)
     """Messages a channel holds that the session has not read yet; past it (or past
     inbox_bytes) a batch is answered at once with nack buffer_full."""
-    inbox_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
-    """Bytes a channel holds unread; one message is always admitted into an empty inbox."""
+    inbox_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Bytes a channel holds unread; one message (up to ingest.max_message_bytes) is always
+    admitted into an empty inbox."""
     max_send_message_bytes: int = Field(default=65_536, ge=256, le=262_144)
     """Largest data-channel message the Runner sends; longer replies go as `frag` messages.
     65536 is what every browser accepts (RFC 8841 default)."""
@@ -103,6 +113,14 @@ class WebRtcSettings(BaseModel):
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(v, strict=False) for v in self.remote_networks)
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if value != "*" and not ORIGIN.match(value):
+                raise ValueError(f"{value!r} is not an origin (scheme://host[:port])")
+        return values
+
     @field_validator("udp_ports")
     @classmethod
     def _port_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -130,9 +148,11 @@ class WebRtcSettings(BaseModel):
             raise ValueError("turn_url needs turn_username (and the credential in the environment)")
         return self
 
-    def ice_servers(self, environ: dict[str, str] | None = None) -> list[RTCIceServer]:
+    def ice_servers(self, environ: Mapping[str, str] | None = None) -> list[RTCIceServer]:
         """The STUN/TURN servers for aiortc: an empty list unless configured (never None,
         which would make aiortc use its public default)."""
+        from aiortc import RTCIceServer  # aiortc is heavy; config loading does not need it
+
         servers: list[RTCIceServer] = []
         if self.stun_url:
             servers.append(RTCIceServer(urls=self.stun_url))
@@ -151,6 +171,8 @@ class WebRtcSettings(BaseModel):
 def _uri(value: str) -> str:
     if not value:
         return value
+    from aiortc.rtcicetransport import parse_stun_turn_uri
+
     try:
         parse_stun_turn_uri(value)
     except ValueError as e:

@@ -213,7 +213,11 @@ class PeerConnections:
     async def answer(self, project: Project, token: str | None, remote: str, offer_sdp: str) -> str:
         """Create a peer connection for the offer and return the answer SDP with candidates."""
         self._reserve(project)
-        pc = RTCPeerConnection(self._rtc_config())
+        try:
+            pc = RTCPeerConnection(self._rtc_config())
+        except BaseException:
+            self._release(project)
+            raise
         peer = Peer(next(_peer_ids), project, token, remote, pc)
         self._peers.add(peer)
         self.stats.opened += 1
@@ -233,6 +237,9 @@ class PeerConnections:
         except BaseException:
             await self._close(peer, "error")
             raise
+        if not self._running:  # stop() ran while this offer was being answered
+            await self._close(peer, "stop")
+            raise OfferRefused(503, "draining", "the Runner is stopping")
         self._arm(peer, self.settings.connect_timeout_s)
         log.info(EV_PEER_OPEN, peer=peer.id, project=project.id)
         return answer
@@ -264,6 +271,11 @@ class PeerConnections:
         if self._per_project[project.id] >= self.settings.max_peers_per_project:
             raise OfferRefused(429, "too_many_connections", "too many peers for the project")
         self._per_project[project.id] += 1
+
+    def _release(self, project: Project) -> None:
+        self._per_project[project.id] -= 1
+        if self._per_project[project.id] <= 0:
+            del self._per_project[project.id]
 
     # -- channel and session -----------------------------------------------------
 
@@ -352,9 +364,7 @@ class PeerConnections:
         if peer.timer is not None:
             peer.timer.cancel()
         self._peers.discard(peer)
-        self._per_project[peer.project.id] -= 1
-        if self._per_project[peer.project.id] <= 0:
-            del self._per_project[peer.project.id]
+        self._release(peer.project)
         reason = peer.reason or reason
         self.stats.closed[reason] += 1
         if peer.transport is not None:
@@ -402,9 +412,45 @@ def _error(status: int, code: str, detail: str, retry_after_s: int | None = None
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+def _cors(request: web.Request, response: web.Response) -> web.Response:
+    """Let the pages of allowed origins read the answer (SDKs run on the bank's own site)."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[PEERS_KEY].settings.allowed_origins
+    if origin is None:
+        return response
+    if "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+async def preflight_handler(request: web.Request) -> web.Response:
+    """CORS preflight: a page may POST JSON with an Authorization header from allowed origins."""
+    origin = request.headers.get("Origin", "")
+    allowed = request.app[PEERS_KEY].settings.allowed_origins
+    if "*" not in allowed and origin not in allowed:
+        return _error(403, "origin_not_allowed", "this origin may not post offers")
+    headers = {
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "600",
+    }
+    return _cors(request, web.Response(status=204, headers=headers))
+
+
 async def offer_handler(request: web.Request) -> web.Response:
     """Answer one SDP offer (non-trickle) after checking the bearer credentials."""
+    return _cors(request, await _offer(request))
+
+
+async def _offer(request: web.Request) -> web.Response:
     peers = request.app[PEERS_KEY]
+    origin = request.headers.get("Origin")
+    allowed = peers.settings.allowed_origins
+    if origin is not None and "*" not in allowed and origin not in allowed:
+        return _error(403, "origin_not_allowed", "this origin may not post offers")
     if not peers.accepting:
         return _error(503, "draining", "the Runner is draining; retry on another replica", 1)
     token = bearer(request.headers.get("Authorization"))
@@ -450,3 +496,4 @@ def add_webrtc_routes(app: web.Application, peers: PeerConnections) -> None:
         return
     app[PEERS_KEY] = peers
     app.router.add_post(OFFER_PATH, offer_handler)
+    app.router.add_route("OPTIONS", OFFER_PATH, preflight_handler)

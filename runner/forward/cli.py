@@ -1,0 +1,277 @@
+"""`runner dlq …` and `runner chunks …`: the operator's view of dead letters and local chunks.
+
+    runner dlq list [--tenant T] [--reason R] [--json]
+    runner dlq show ID [--payload]          metadata; the (redacted) events only with --payload
+    runner dlq replay ID… | --all [--tenant T]
+    runner dlq purge ID… [--yes]
+    runner chunks list [--tenant T] [--date YYYY-MM-DD] [--session S]
+    runner chunks cat KEY                   the NDJSON of a local chunk
+
+They read `[dlq]` (and `[buffer]` for replay) from the same runner.toml as
+`runner serve`. Replay needs the Runner's Redis; with the embedded one, the
+Runner must be running. Exit codes: 2 bad configuration, 3 storage or Redis
+unreachable, 4 no such dead letter / chunk, 5 refused (replay while air-gapped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import orjson
+import typer
+import zstandard
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from runner.buffer.embedded import EmbeddedRedis
+from runner.buffer.keys import Keys
+from runner.config import Config, load_config
+from runner.errors import ConfigError
+from runner.forward.chunker import decompress
+from runner.forward.deadletter import DeadLetter, DeadLetters, replay
+from runner.forward.forwarder import settings_for
+from runner.forward.localsink import LocalSink
+from runner.forward.storage import ObjectNotFound, StoreUnavailable, open_store
+
+T = TypeVar("T")
+
+dlq_app = typer.Typer(
+    help="Inspect, replay and purge chunks in the dead-letter store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+chunks_app = typer.Typer(
+    help="Read the chunks kept in local storage (air-gapped mode).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Path to runner.toml (default ./runner.toml, or $RUNNER_CONFIG).",
+        show_default=False,
+    ),
+]
+TenantOption = Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")]
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(config: Config, work: Callable[[DeadLetters, LocalSink], Awaitable[T]]) -> T:
+    """Open the configured store and run one coroutine against it, mapping failures to exits."""
+    _, dlq, forward = settings_for(config)
+
+    async def main() -> T:
+        with ThreadPoolExecutor(dlq.io_workers, thread_name_prefix="cli-store") as io:
+            try:
+                store = open_store(dlq, config.runner.data_dir, io, os.environ)
+            except ValueError as e:
+                typer.echo(f"configuration error: [dlq] {e}", err=True)
+                raise typer.Exit(2) from None
+            sink = LocalSink(store, forward, config.runner.id)
+            return await work(DeadLetters(store), sink)
+
+    try:
+        return asyncio.run(main())
+    except StoreUnavailable as e:
+        typer.echo(f"storage unreachable: {e}", err=True)
+        raise typer.Exit(3) from None
+    except ObjectNotFound as e:
+        typer.echo(f"not found: {e}", err=True)
+        raise typer.Exit(4) from None
+    except RedisError as e:
+        typer.echo(f"Redis unreachable ({type(e).__name__}); is the Runner running?", err=True)
+        raise typer.Exit(3) from None
+    except ValueError as e:  # an id or key that cannot name an object (e.g. "../x")
+        typer.echo(f"invalid argument: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _row(letter: DeadLetter) -> str:
+    status = "-" if letter.last_status is None else str(letter.last_status)
+    return (
+        f"{letter.id}  {letter.tenant:<16} {letter.reason:<10} {status:>4} "
+        f"{letter.attempts:>4}  {letter.events:>7}  {letter.last_failure_at}"
+        + (f"  replayed x{letter.replays}" if letter.replays else "")
+    )
+
+
+@dlq_app.command("list")
+def list_letters(
+    config: ConfigOption = None,
+    tenant: TenantOption = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason: rejected, exhausted, malformed.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List dead-lettered chunks (metadata only)."""
+    cfg = _load(config)
+
+    async def work(letters: DeadLetters, _: LocalSink) -> list[DeadLetter]:
+        return await letters.list(tenant, reason)
+
+    found = _run(cfg, work)
+    if as_json:
+        for letter in found:
+            typer.echo(orjson.dumps(_dict(letter)).decode())
+        return
+    typer.echo(
+        f"{'ID':<32}  {'TENANT':<16} {'REASON':<10} {'LAST':>4} {'TRY':>4}  {'EVENTS':>7}  "
+        "LAST FAILURE"
+    )
+    for letter in found:
+        typer.echo(_row(letter))
+    typer.echo(f"{len(found)} dead letter(s)")
+
+
+def _dict(letter: DeadLetter) -> dict[str, object]:
+    data: dict[str, object] = orjson.loads(letter.to_json())
+    return data
+
+
+@dlq_app.command()
+def show(
+    letter_id: Annotated[str, typer.Argument(metavar="ID", help="Dead letter id (or tenant/id).")],
+    config: ConfigOption = None,
+    payload: Annotated[
+        bool, typer.Option("--payload", help="Also print the chunk's (redacted) NDJSON.")
+    ] = False,
+) -> None:
+    """Show one dead letter's metadata; its events only with --payload."""
+    cfg = _load(config)
+
+    async def work(letters: DeadLetters, _: LocalSink) -> tuple[DeadLetter, bytes]:
+        letter = await letters.get(letter_id)
+        body = await letters.payload(letter) if payload else b""
+        return letter, body
+
+    letter, body = _run(cfg, work)
+    typer.echo(letter.to_json().decode())
+    if payload:
+        typer.echo(_ndjson(body), nl=False)
+
+
+def _redis_url(cfg: Config) -> str:
+    if cfg.buffer.redis_url != "embedded":
+        return cfg.buffer.redis_url
+    embedded = EmbeddedRedis(cfg.runner.data_dir, cfg.buffer.redis_server)
+    if not embedded.socket_path.exists():
+        typer.echo("the embedded Redis is not running: start the Runner, then replay", err=True)
+        raise typer.Exit(3)
+    return embedded.url
+
+
+@dlq_app.command("replay")
+def replay_letters(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Re-queue dead letters into their tenant's stream; the cloud dedupes by Idempotency-Key."""
+    cfg = _load(config)
+    cloud, _, _ = settings_for(cfg)
+    if cloud.air_gapped:
+        typer.echo("no [cloud] endpoint is configured: there is nowhere to replay to", err=True)
+        raise typer.Exit(5)
+    if not ids and not all_:
+        typer.echo("name dead letter ids, or pass --all", err=True)
+        raise typer.Exit(2)
+    url = _redis_url(cfg)
+    keys = Keys(cfg.buffer.stream_prefix)
+
+    async def work(letters: DeadLetters, _: LocalSink) -> list[tuple[str, str]]:
+        chosen = (
+            await letters.list(tenant)
+            if all_
+            else [await letters.get(i, tenant) for i in ids or []]
+        )
+        redis = Redis.from_url(url, socket_timeout=10)
+        try:
+            return [(letter.id, await replay(redis, keys, letters, letter)) for letter in chosen]
+        finally:
+            await redis.aclose()
+
+    done = _run(cfg, work)
+    for letter_id, entry_id in done:
+        typer.echo(f"replayed {letter_id} as stream entry {entry_id}")
+    typer.echo(f"{len(done)} dead letter(s) re-queued")
+
+
+@dlq_app.command()
+def purge(
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Dead letters to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete dead letters for good (asks first unless --yes)."""
+    cfg = _load(config)
+    if not yes and not typer.confirm(f"Delete {len(ids)} dead letter(s) permanently?"):
+        typer.echo("nothing deleted")
+        raise typer.Exit(1)
+
+    async def work(letters: DeadLetters, _: LocalSink) -> int:
+        for letter_id in ids:
+            letter = await letters.get(letter_id)
+            await letters.delete(letter.tenant, letter.id)
+        return len(ids)
+
+    typer.echo(f"{_run(cfg, work)} dead letter(s) deleted")
+
+
+@chunks_app.command("list")
+def list_chunks(
+    config: ConfigOption = None,
+    tenant: TenantOption = None,
+    date: Annotated[str | None, typer.Option(help="Only this UTC day, YYYY-MM-DD.")] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session id.")] = None,
+) -> None:
+    """List chunks kept in local storage, by tenant/date/session."""
+    cfg = _load(config)
+
+    async def work(_: DeadLetters, sink: LocalSink) -> list[tuple[str, int]]:
+        return [(c.key, c.size) for c in await sink.list(tenant, date, session)]
+
+    found = _run(cfg, work)
+    for key, size in found:
+        typer.echo(f"{key}  {size}")
+    typer.echo(f"{len(found)} chunk(s)")
+
+
+@chunks_app.command()
+def cat(
+    key: Annotated[str, typer.Argument(help="A key as printed by `runner chunks list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Print a local chunk as NDJSON (header line, then one line per event)."""
+    cfg = _load(config)
+
+    async def work(_: DeadLetters, sink: LocalSink) -> bytes:
+        return await sink.read(key)
+
+    typer.echo(_ndjson(_run(cfg, work)), nl=False)
+
+
+def _ndjson(body: bytes) -> str:
+    try:
+        return decompress(body).decode(errors="replace")
+    except zstandard.ZstdError as e:
+        typer.echo(f"not a zstd chunk ({e})", err=True)
+        raise typer.Exit(4) from None

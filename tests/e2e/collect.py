@@ -1,0 +1,39 @@
+"""What the Runner stored for a session: the one place the e2e tests read it from.
+
+Today this reads the tenant's Redis stream (XRANGE), whose entries hold the redacted
+events (`ev`). When the forwarder to the fake cloud lands, only this function changes: it
+would read the chunks the fake cloud received (NDJSON lines `{"session_id","seq","i",
+"event"}`) and group them by seq the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from runner.buffer.keys import Keys
+from tests.support import TENANT
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    seq: int
+    events: list[dict[str, Any]]
+    raw: bytes  # the stored bytes, scanned for PII as they are
+
+
+async def collected_events(
+    redis: Redis, session_id: str, tenant: str = TENANT, prefix: str = "tf"
+) -> list[StoredBatch]:
+    """Every batch stored for the session, in storage order (duplicates would show here)."""
+    entries = await redis.xrange(Keys(prefix).stream(tenant))
+    out: list[StoredBatch] = []
+    for _, raw_fields in entries or []:
+        fields = cast(dict[bytes, bytes], raw_fields)
+        if fields[b"sid"] != session_id.encode():
+            continue
+        out.append(StoredBatch(int(fields[b"seq"]), orjson.loads(fields[b"ev"]), fields[b"ev"]))
+    return out
