@@ -110,10 +110,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class RunnerChild:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, text_mode: str) -> None:
         self.port = free_port()
         self.admin = free_port()
         self.config = workdir / "runner.toml"
+        policies = workdir / "policies"
+        policies.mkdir()
+        (policies / "bench-bank.toml").write_text(
+            f"""version = 1
+[pii]
+text = "{text_mode}"
+[rate_limit]
+events_per_second = 10000000.0
+burst = 10000000
+"""
+        )
         self.config.write_text(
             f"""
 [runner]
@@ -125,6 +136,8 @@ max_connections_per_project = 5000
 idle_timeout_s = 600
 [admin]
 listen = "127.0.0.1:{self.admin}"
+[control_plane]
+policies_dir = "{policies}"
 [buffer]
 high_water_bytes = 8589934592
 tenant_high_water_bytes = 8589934592
@@ -331,6 +344,7 @@ async def main() -> None:
     )
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--text", choices=["mask_all", "detect"], default="mask_all")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
@@ -341,9 +355,10 @@ async def main() -> None:
     print(
         f"batches: {statistics.mean(n for _, n in batches):.0f} events, "
         f"{statistics.mean(len(b) for b, _ in batches) / 1000:.1f} KB on average "
-        f"({'corpus' if CORPUS.is_dir() else 'synthetic'}); durable acks (appendfsync always)"
+        f"({'corpus' if CORPUS.is_dir() else 'synthetic'}); durable acks (appendfsync always); "
+        f"text = {args.text}"
     )
-    runner = RunnerChild(workdir)
+    runner = RunnerChild(workdir, args.text)
     runner.start()
     try:
         await phase(runner.url, batches, 4, 3, args.window, None, "warm")
