@@ -155,8 +155,8 @@ PENDING_SECTIONS = {
 # What the Secret of ha-values.yaml's comment holds (that file uses secrets.existingSecret).
 EXISTING_SECRET = {
     "RUNNER_ADMIN_TOKEN": "an-admin-token-of-forty-eight-characters-000000000",
-    "RUNNER_PII_TOKEN_KEY": "11" * 32,
-    "RUNNER_PII_VAULT_KEY": "22" * 32,
+    "TRACEFLOW_PII_TOKEN_KEY": "11" * 32,
+    "TRACEFLOW_PII_VAULT_KEY": "22" * 32,
     "RUNNER_BUFFER_REDIS_URL": "redis://:password@redis-master.redis:6379/0",
     "RUNNER_CLOUD_TOKEN": "cloud-token",
     "RUNNER_CONTROL_PLANE_TOKEN": "control-plane-token",

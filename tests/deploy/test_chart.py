@@ -124,7 +124,7 @@ def test_ha_mode_shares_external_redis_and_object_store(examples: dict[str, Rend
     assert 'url = "s3://traceflow-dlq/runners"' in toml
     assert "generate_dev_keys = false" in toml  # replicas share one token key
     env = _env(r.container)
-    for key in ("RUNNER_BUFFER_REDIS_URL", "RUNNER_PII_TOKEN_KEY", "RUNNER_PII_VAULT_KEY"):
+    for key in ("RUNNER_BUFFER_REDIS_URL", "TRACEFLOW_PII_TOKEN_KEY", "TRACEFLOW_PII_VAULT_KEY"):
         ref = env[key]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "traceflow-runner-secrets"
     assert env["RUNNER_RUNNER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -245,7 +245,7 @@ def test_secrets_stay_out_of_the_config_map(examples: dict[str, Rendered]) -> No
         if value:
             assert value not in r.runner_toml(), key
             assert value in secret.values(), key
-    assert set(secret) >= {"RUNNER_ADMIN_TOKEN", "RUNNER_PROJECTS", "RUNNER_PII_TOKEN_KEY"}
+    assert set(secret) >= {"RUNNER_ADMIN_TOKEN", "RUNNER_PROJECTS", "TRACEFLOW_PII_TOKEN_KEY"}
     assert '"api_key_sha256"' in secret["RUNNER_PROJECTS"]
 
 
