@@ -11,7 +11,7 @@ import contextlib
 import resource
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import structlog
@@ -60,6 +60,8 @@ EV_STARTED = "runner.started"
 EV_EXPOSURE = "runner.exposure"
 EV_DRAINING = "runner.draining"
 EV_DRAINED = "runner.drained"
+EV_STOP_TIMEOUT = "runner.stop_timeout"
+STOP_TIMEOUT_S = 30.0
 EV_STOPPED = "runner.stopped"
 READY_CHECK_TIMEOUT_S = 1.0
 GOAWAY_RECONNECT_MS = 500
@@ -372,6 +374,12 @@ class Runner:
         self.drain_deadline_s = deadline_s
         self.drain_requested.set()
 
+    async def _stop_part(self, name: str, stopping: Awaitable[Any]) -> None:
+        try:
+            await asyncio.wait_for(stopping, STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error(EV_STOP_TIMEOUT, part=name, timeout_s=STOP_TIMEOUT_S)
+
     async def drain(self, deadline_s: float) -> int:
         """Drain within the deadline; returns the entries left in Redis for the next start.
 
@@ -398,29 +406,33 @@ class Runner:
         return remaining
 
     async def stop(self) -> None:
-        """Close listeners, then the PII engine, the buffer and Redis, in that order."""
+        """Close listeners, then sessions, the engine, policy sync, forwarder, buffer and Redis.
+
+        Each part gets STOP_TIMEOUT_S; one that does not stop in time is logged by name
+        and left behind, so shutdown never hangs (what was acked is already in Redis).
+        """
         for runner in reversed(self._web):
-            await runner.cleanup()
+            await self._stop_part("listener", runner.cleanup())
         self._web.clear()
         if self.peers is not None:
-            await self.peers.stop()
+            await self._stop_part("webrtc", self.peers.stop())
         for tls in self.tls.values():
-            await tls.stop()
-        await self.jwt.stop()
+            await self._stop_part("tls", tls.stop())
+        await self._stop_part("jwt", self.jwt.stop())
         if self.buffer is not None:
             with contextlib.suppress(BufferUnavailable):
-                await self.buffer.stop()
+                await self._stop_part("buffer", self.buffer.stop())
         if self.redactor is not None and self._own_redactor:
-            await self.redactor.stop()
+            await self._stop_part("pii", self.redactor.stop())
         if self.policy_manager is not None:
-            await self.policy_manager.stop()
+            await self._stop_part("policy", self.policy_manager.stop())
         if self.forwarder is not None:
-            await self.forwarder.stop()
+            await self._stop_part("forwarder", self.forwarder.stop())
         if self.redis is not None:
-            await self.redis.aclose()
+            await self._stop_part("redis_client", self.redis.aclose())
         if self.embedded is not None:
-            await self.embedded.stop()
-        await self.audit.stop()
+            await self._stop_part("embedded_redis", self.embedded.stop())
+        await self._stop_part("audit", self.audit.stop())
         log.info(EV_STOPPED)
 
 
