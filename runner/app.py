@@ -352,8 +352,20 @@ class Runner:
                 "batches_nacked": ingestor.stats.batches_nacked if ingestor else 0,
                 "events_stored": ingestor.stats.events_stored if ingestor else 0,
             },
+            "ingest_rate": {
+                "events_per_s": round(
+                    self.metrics.sample_rate(
+                        "events", ingestor.stats.events_stored if ingestor else 0
+                    ),
+                    1,
+                ),
+            },
             "buffer": {
                 "bytes_by_tenant": buffer.usage() if buffer else {},
+                "depth_by_tenant": {
+                    tenant: {"entries": entries, "oldest_age_s": age}
+                    for tenant, (entries, age) in (buffer.depth() if buffer else {}).items()
+                },
                 "bytes_total": buffer.used_total() if buffer else 0,
                 "high_water_bytes": self.config.buffer.high_water_bytes,
                 "embedded_redis_restarts": self.embedded.restarts if self.embedded else 0,

@@ -62,3 +62,37 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         assert await asyncio.to_thread(runner.proc.wait, 60) == 0
     finally:
         runner.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_runner_status_command_shows_state_and_json(tmp_path: Path) -> None:
+    """`runner status` prints the state table, `--json` parses, and both exit 0 when ready."""
+    import orjson
+
+    runner = RunnerProcess(tmp_path)
+    await runner.start()
+    try:
+        sdk = Sdk(runner.url, "s-status-cli")
+        await sdk.connect()
+        assert (await sdk.batch(1))["type"] == "ack"
+        env = {"RUNNER_ADMIN_TOKEN": "admin-secret", "PATH": "/usr/bin:/bin", "COLUMNS": "120"}
+        outputs = []
+        for extra in ([], ["--json"]):
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runner.cli", "status", "--config", str(runner.config),
+                *extra, cwd=REPO, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(cli.communicate(), 60)
+            assert cli.returncode == 0, err.decode()
+            outputs.append(out.decode())
+        assert "ready" in outputs[0]
+        assert "ingest rate" in outputs[0]
+        state = orjson.loads(outputs[1])
+        assert state["ready"] is True
+        assert state["sessions"] == {"websocket": 1}
+        assert state["buffer"]["depth_by_tenant"]["acme-bank"]["entries"] == 1
+        assert "admin-secret" not in outputs[0] + outputs[1]
+        await sdk.close()
+    finally:
+        runner.stop()

@@ -28,6 +28,26 @@ def render_status(body: dict[str, Any]) -> None:
     table.add_row(
         "buffer bytes", f"{buffer.get('bytes_total', 0)} / {buffer.get('high_water_bytes')}"
     )
+    depth = buffer.get("depth_by_tenant", {})
     for tenant, size in sorted(buffer.get("bytes_by_tenant", {}).items()):
-        table.add_row(f"  {tenant}", str(size))
+        d = depth.get(tenant, {})
+        age = d.get("oldest_age_s")
+        oldest = f", oldest {age:.0f} s" if isinstance(age, int | float) else ""
+        table.add_row(f"  {tenant}", f"{size} B, {d.get('entries', 0)} entries{oldest}")
+    rate = body.get("ingest_rate", {}).get("events_per_s", 0)
+    table.add_row("ingest rate", f"{rate} events/s")
+    forward = body.get("forward", {})
+    if forward:
+        circuit = forward.get("circuit", {}).get("state", "")
+        dlq = forward.get("dlq", {})
+        table.add_row("forwarder", f"{forward.get('mode')} circuit {circuit}")
+        for tenant, t in sorted(forward.get("tenants", {}).items()):
+            table.add_row(f"  {tenant}", str(t.get("status", "")))
+        table.add_row("dead letters", f"{dlq.get('count')} in {dlq.get('store')}")
+        if forward.get("last_error"):
+            table.add_row("last error", str(forward["last_error"]))
+    security = body.get("security", {}).get("tls", {})
+    for name, tls in sorted(security.items()):
+        days = tls.get("certificate", {}).get("days_left")
+        table.add_row(f"tls {name}", f"{days} days left" if days is not None else "on")
     Console().print(table)
