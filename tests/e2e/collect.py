@@ -1,6 +1,6 @@
 """What the Runner stored for a session: the one place the e2e tests read it from.
 
-Today this reads the tenant's Redis stream (XRANGE), whose entries hold the redacted
+`collected_events` reads the tenant's Redis stream (XRANGE), whose entries hold the redacted
 events (`ev`). When the forwarder to the fake cloud lands, only this function changes: it
 would read the chunks the fake cloud received (NDJSON lines `{"session_id","seq","i",
 "event"}`) and group them by seq the same way.
@@ -15,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from runner.buffer.keys import Keys
+from tests.forward.support import FakeCloud
 from tests.support import TENANT
 
 
@@ -36,4 +37,18 @@ async def collected_events(
         if fields[b"sid"] != session_id.encode():
             continue
         out.append(StoredBatch(int(fields[b"seq"]), orjson.loads(fields[b"ev"]), fields[b"ev"]))
+    return out
+
+
+def cloud_events(cloud: FakeCloud, session_id: str) -> list[StoredBatch]:
+    """Every batch of the session that the fake cloud accepted, rebuilt from its NDJSON lines."""
+    by_seq: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for chunk in cloud.accepted.values():
+        for line in chunk.lines:
+            if line["session_id"] == session_id:
+                by_seq.setdefault(line["seq"], []).append((line["i"], line["event"]))
+    out = []
+    for seq in sorted(by_seq):
+        events = [event for _, event in sorted(by_seq[seq], key=lambda pair: pair[0])]
+        out.append(StoredBatch(seq, events, orjson.dumps(events)))
     return out

@@ -166,17 +166,17 @@ async def start_runner(
     """Start Runner replicas (WebSocket and WebRTC) on the test Redis, with a tenant policy."""
     started: list[RtcRunner] = []
 
-    async def start(policy: str = "detect", **webrtc: Any) -> RtcRunner:
+    async def start(policy: str = "detect", cloud: str = "", **webrtc: Any) -> RtcRunner:
         folder = tmp_path / f"policies-{policy}"
         if not folder.exists():
             folder.mkdir()
             (folder / f"{TENANT}.toml").write_text(POLICIES[policy])
+        sections: dict[str, dict[str, Any]] = {"control_plane": {"policies_dir": str(folder)}}
+        if cloud:  # forward to the fake cloud (the buffer is then emptied as chunks are sent)
+            sections["forward"] = {"enabled": True, "linger_s": 0.05}
+            sections["cloud"] = {"endpoint": cloud}
         instance = await RtcRunner.start(
-            tmp_path,
-            redis_proc.url,
-            redactor,
-            rtc_settings(**webrtc),
-            control_plane={"policies_dir": str(folder)},
+            tmp_path, redis_proc.url, redactor, rtc_settings(**webrtc), **sections
         )
         started.append(instance)
         assert instance.runner.policies.current.for_tenant(TENANT).pii.text == policy

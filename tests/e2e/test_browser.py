@@ -6,6 +6,7 @@ Over WebSocket and over WebRTC: every recorded event is stored exactly once, the
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -17,8 +18,9 @@ from redis.asyncio import Redis
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
 
-from tests.e2e.collect import StoredBatch, collected_events
+from tests.e2e.collect import StoredBatch, cloud_events, collected_events
 from tests.e2e.conftest import StartRunner
+from tests.forward.support import FakeCloud
 from tests.support import API_KEY, until
 
 NAME = "Priya Sharma"
@@ -157,13 +159,21 @@ async def replay(context: BrowserContext, site: str, batches: list[StoredBatch])
     return result
 
 
+@pytest.fixture
+async def cloud() -> AsyncIterator[FakeCloud]:
+    server = FakeCloud()
+    await server.up()
+    yield server
+    await server.down()
+
+
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-async def test_recording_is_stored_once_replays_and_holds_no_pii(
-    transport: str, start_runner: StartRunner, context: BrowserContext, site: str, redis: Redis
+async def test_recording_reaches_the_cloud_once_replays_and_holds_no_pii(
+    transport: str, start_runner: StartRunner, context: BrowserContext, site: str, cloud: FakeCloud
 ) -> None:
-    """Typing, clicking, scrolling, a fetch and a console.log on a bank page are stored once,
-    replay in rrweb's Replayer from the redacted events, and no PII value is stored."""
-    rtc = await start_runner()
+    """Typing, clicking, scrolling, a fetch and a console.log on a bank page reach the fake
+    cloud once, replay in rrweb's Replayer from the redacted events, and carry no PII value."""
+    rtc = await start_runner(cloud=cloud.url)
     session = f"e2e-{transport}"
     bank = await open_bank(context, site, [rtc.base_url], session, TRANSPORTS[transport])
     await log_in(bank.page)
@@ -171,7 +181,14 @@ async def test_recording_is_stored_once_replays_and_holds_no_pii(
     log = await flush(bank.page)
     assert log["links"] == [transport]
     assert bank.errors == []
-    batches = await collected_events(redis, session)
+    acked = set(range(1, log["lastAcked"] + 1))
+    await until(
+        lambda: acked <= {b.seq for b in cloud_events(cloud, session)},
+        what="every acked batch at the cloud",
+    )
+    batches = cloud_events(cloud, session)
+    every_body = orjson.dumps([r.lines for r in cloud.requests])
+    assert leaked_pii([StoredBatch(0, [], every_body)]) == {}
     assert_stored_exactly_once(batches, log)
     kinds = {(e["type"], e["data"].get("plugin")) for b in batches for e in b.events}
     assert {(2, None), (6, "rrweb/console@1"), (6, "rrweb/network@1")} <= kinds
