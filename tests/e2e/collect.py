@@ -1,9 +1,8 @@
-"""What the Runner stored for a session: the one place the e2e tests read it from.
+"""What the Runner stored or forwarded for a session: the places the e2e tests read it from.
 
 `collected_events` reads the tenant's Redis stream (XRANGE), whose entries hold the redacted
-events (`ev`). When the forwarder to the fake cloud lands, only this function changes: it
-would read the chunks the fake cloud received (NDJSON lines `{"session_id","seq","i",
-"event"}`) and group them by seq the same way.
+events (`ev`); `cloud_events` rebuilds the batches from the NDJSON lines
+(`{"session_id","seq","i","event"}`) that the fake cloud accepted.
 """
 
 from __future__ import annotations
