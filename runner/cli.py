@@ -10,6 +10,7 @@ import orjson
 import typer
 
 from runner import __version__
+from runner.cliopts import ConfigOption
 from runner.config import Config, load_config
 from runner.errors import ConfigError, StartupError
 from runner.forward.cli import chunks_app, dlq_app
@@ -24,16 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to runner.toml (default ./runner.toml, or $RUNNER_CONFIG).",
-        show_default=False,
-    ),
-]
 
 
 def _load(path: Path | None) -> Config:

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from runner.buffer.embedded import EmbeddedRedis
 from runner.buffer.keys import Keys
+from runner.cliopts import ConfigOption
 from runner.config import Config, load_config
 from runner.errors import ConfigError
 from runner.forward.chunker import decompress
@@ -53,15 +54,6 @@ chunks_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to runner.toml (default ./runner.toml, or $RUNNER_CONFIG).",
-        show_default=False,
-    ),
-]
 TenantOption = Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")]
 
 

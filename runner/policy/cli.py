@@ -21,6 +21,7 @@ import orjson
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from runner.cliopts import ConfigOption
 from runner.config import Config, load_config
 from runner.errors import ConfigError
 from runner.policy.errors import MALFORMED, PolicyKeyError, PolicyRefused
@@ -51,15 +52,6 @@ policy_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to runner.toml (default ./runner.toml, or $RUNNER_CONFIG).",
-        show_default=False,
-    ),
-]
 OFFLINE_NOTE = (
     "computed from disk as start-up would; a running Runner may hold a newer policy"
     " from the control plane (see `runner status`)"
