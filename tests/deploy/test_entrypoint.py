@@ -134,7 +134,7 @@ def _wait_ready(proc: Any, url: str, log: Path) -> None:
             pytest.fail(f"exited with {proc.returncode} before ready:\n{_tail(log)}")
         if _status(url) == 200:
             return
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # a poll interval inside a deadline-bounded wait
     pytest.fail(f"not ready within {READY_TIMEOUT_S} s:\n{_tail(log)}")
 
 
@@ -146,7 +146,7 @@ def _wait_group_gone(pgid: int) -> None:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # a poll interval inside a deadline-bounded wait
     pytest.fail("processes of the container outlived its main process")
 
 

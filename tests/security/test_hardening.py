@@ -41,7 +41,7 @@ async def test_slow_loris_header_cut_off() -> None:
         async def trickle() -> None:
             for i in range(1000):  # the attacker: one header byte every 50 ms, forever
                 writer.write(b"X-a: b\r\n"[i % 8 : i % 8 + 1])
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the slow-loris pace is the behaviour under test
 
         attacker = asyncio.create_task(trickle())
         try:
