@@ -209,7 +209,10 @@ class Sdk:
 
     async def recv(self, wait_s: float = 10.0) -> dict[str, Any]:
         assert self.ws is not None
-        raw = await asyncio.wait_for(self.ws.recv(), wait_s)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the reply does, and a cancelled client then streams on for ever.
+        async with asyncio.timeout(wait_s):
+            raw = await self.ws.recv()
         message: dict[str, Any] = orjson.loads(raw)
         return message
 

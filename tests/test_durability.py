@@ -25,19 +25,23 @@ KILL_AFTER_ACKS = 300
 Acked = dict[str, set[int]]
 
 
-async def stream_until_cut(url: str, session_id: str, acked: Acked) -> None:
-    """Send batches one after another, recording each ack, until the connection breaks."""
+async def stream_until_cut(
+    url: str, session_id: str, acked: Acked, stop: asyncio.Event | None = None
+) -> None:
+    """Send batches one after another, recording each ack, until the connection breaks
+    or `stop` is set."""
     sdk = Sdk(url, session_id)
     try:
         welcome = await sdk.connect()
         seq = int(welcome["resume_seq"]) + 1
-        while True:
+        while stop is None or not stop.is_set():
             reply = await sdk.batch(seq)
             if reply["type"] == "ack":
                 acked[session_id].add(seq)
                 seq += 1
     except (ConnectionClosed, OSError, TimeoutError):
         return
+    await sdk.close()
 
 
 async def all_entries(redis: Redis) -> Counter[tuple[str, int]]:
@@ -105,10 +109,11 @@ async def test_kill9_redis_loses_no_acked_batch(
     instance = Runner(make_config(tmp_path / "data", redis_proc.url), redactor=redactor)
     await instance.start()
     acked: Acked = {f"r-{i}": set() for i in range(SESSIONS)}
+    stop = asyncio.Event()
+    clients = [
+        asyncio.create_task(stream_until_cut(ws_url(instance), sid, acked, stop)) for sid in acked
+    ]
     try:
-        clients = [
-            asyncio.create_task(stream_until_cut(ws_url(instance), sid, acked)) for sid in acked
-        ]
         await until(
             lambda: sum(map(len, acked.values())) >= KILL_AFTER_ACKS,
             deadline_s=60,
@@ -123,13 +128,14 @@ async def test_kill9_redis_loses_no_acked_batch(
             deadline_s=60,
             what="acks after Redis came back",
         )
-        for client in clients:
-            client.cancel()
-        await asyncio.gather(*clients, return_exceptions=True)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*clients), 30)
         redis = Redis.from_url(redis_proc.url)
         try:
             assert_exactly_once(acked, await all_entries(redis))
         finally:
             await redis.aclose()
     finally:
+        stop.set()
+        await asyncio.gather(*clients, return_exceptions=True)
         await instance.stop()
