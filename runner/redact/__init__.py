@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from runner.policy.model import PiiPolicy, TenantPolicy
 from runner.redact.errors import KeyConfigError, RedactError, RedactStartupError
 from runner.redact.keys import LoadedKey, load_key
-from runner.redact.messages import BatchOutcome, BatchRequest, WorkerConfig
+from runner.redact.messages import BatchOutcome, BatchRequest, BatchWire, WorkerConfig
 from runner.redact.pool import OP_END_SESSION, OP_REDACT, OP_STATS, WorkerPool
-from runner.redact.rules import compile_policy, fingerprint
+from runner.redact.rules import canonical, compile_policy, fingerprint
 from runner.redact.settings import RedactSettings
 from runner.redact.vault import SqliteVault
 
@@ -48,13 +49,20 @@ _FP_CACHE = 256
 
 @dataclass(frozen=True, slots=True)
 class RedactRequest:
-    """One batch of one session, as ingest hands it over."""
+    """One batch of one session, as ingest hands it over.
+
+    `frame_json` is optional: the JSON text `events` were parsed from, an object whose
+    `events` member is exactly `events` (nothing dropped or changed since). With it the
+    events are not serialised again on the event loop: the worker parses the frame itself
+    (and refuses it if its event count differs).
+    """
 
     tenant: str
     project: str
     session_id: str
     policy: TenantPolicy
     events: list[Any]
+    frame_json: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +98,7 @@ class Redactor:
         self._pool: WorkerPool | None = None
         self._vault: SqliteVault | None = None
         self._purge_task: asyncio.Task[None] | None = None
-        self._fingerprints: dict[int, tuple[PiiPolicy, str]] = {}
+        self._fingerprints: dict[int, tuple[PiiPolicy, str, bytes]] = {}
         self._warned: set[str] = set()
         self.stats = RedactStats()
         self.entities: Counter[str] = Counter()
@@ -199,14 +207,17 @@ class Redactor:
 
     # ---- batches ------------------------------------------------------------------------
 
-    def _fingerprint(self, pii: PiiPolicy) -> str:
+    def _fingerprint(self, pii: PiiPolicy) -> tuple[str, bytes]:
+        """(fingerprint, canonical JSON) of a policy, cached by identity (one object per
+        policy version), so a batch pays for neither."""
         cached = self._fingerprints.get(id(pii))
         if cached is not None and cached[0] is pii:
-            return cached[1]
-        fp = fingerprint(pii)
+            return cached[1], cached[2]
+        raw = canonical(pii)
+        fp = fingerprint(pii, raw)
         if len(self._fingerprints) >= _FP_CACHE:
             self._fingerprints.clear()
-        self._fingerprints[id(pii)] = (pii, fp)
+        self._fingerprints[id(pii)] = (pii, fp, raw)
         if fp not in self._warned and self._pool is not None:
             self._warned.add(fp)
             supported = frozenset(self._pool.describe.get("entities", ()))
@@ -218,21 +229,38 @@ class Redactor:
                     unknown_entities=compiled.unknown_entities,
                     unparsed_block_selectors=compiled.bad_selectors,
                 )
-        return fp
+        return fp, raw
 
     async def redact(self, req: RedactRequest) -> RedactResult:
         """Redact one batch. Raises RedactError (with `retriable`); never returns raw data."""
         pool = self._pool
         if pool is None:
             raise RedactError("the PII engine is not running", retriable=True)
-        batch = BatchRequest(
-            tenant=req.tenant,
-            session_id=req.session_id,
-            policy=req.policy.pii,
-            fingerprint=self._fingerprint(req.policy.pii),
-            retention_days=req.policy.retention_days,
-            events=req.events,
-        )
+        fp, policy_json = self._fingerprint(req.policy.pii)
+        batch: BatchWire | BatchRequest
+        retention = req.policy.retention_days
+        if req.frame_json is not None:
+            batch = BatchWire(
+                req.tenant,
+                req.session_id,
+                fp,
+                policy_json,
+                retention,
+                req.frame_json,
+                "events",
+                len(req.events),
+            )
+        else:
+            try:
+                events_json = orjson.dumps(req.events)
+            except (orjson.JSONEncodeError, TypeError):  # lone surrogates, deep nesting
+                batch = BatchRequest(
+                    req.tenant, req.session_id, req.policy.pii, fp, retention, req.events
+                )
+            else:
+                batch = BatchWire(
+                    req.tenant, req.session_id, fp, policy_json, retention, events_json
+                )
         index = pool.pick(req.tenant, req.session_id)
         try:
             outcome: BatchOutcome = await pool.call(index, OP_REDACT, batch)

@@ -68,6 +68,11 @@ _SMALL_NUMBER = re.compile(r"^-?\d{1,5}(?:\.\d+)?(?:px|%|em|rem|s|ms|deg)?$")
 _MIRRORED = ("class", "id", "name", "type", "autocomplete")
 
 
+_A_KEEP, _A_SECRET, _A_VALUE, _A_URL, _A_STRUCT, _A_TEXT, _A_CONTENT, _A_OTHER = range(8)
+"""What an attribute's name alone says about its value (memoised per policy)."""
+_ATTR_MEMO_MAX = 20_000
+
+
 class DomWalker:
     """Walks serialised DOM nodes into a `Collector`, keeping a `SessionMirror`."""
 
@@ -75,6 +80,10 @@ class DomWalker:
         self.col = collector
         self.mirror = mirror
         self.policy = collector.policy
+        self._plain = not self.policy.block and not self.policy.selector_attrs
+        """No block selectors: only rrweb's rr-block / rr-mask classes flag an element."""
+        self._stash: dict[int, Element] = {}
+        """Elements of Mutation adds built while registering them, by id() of their node."""
 
     def _selector_view(self, attrs: dict[str, Any]) -> dict[str, str]:
         view = {k: v for k in _MIRRORED if isinstance(v := attrs.get(k), str)}
@@ -101,8 +110,38 @@ class DomWalker:
             self_masked=self.policy.masks(tag, view),
         )
 
+    def _make_element(self, parent: int, tag: str, attrs: Any) -> Element:
+        """The element of a serialised node (what `_element` gives for its attributes)."""
+        if not isinstance(attrs, dict) or not attrs:
+            if self._plain:
+                return Element(parent, tag, "", "", "", "", "", (), False, False)
+            attrs = {}
+        if not self._plain:
+            return self._element(parent, tag, self._selector_view(attrs))
+        get = attrs.get
+        t, n, i, a, c = get("type"), get("name"), get("id"), get("autocomplete"), get("class")
+        classes = c if isinstance(c, str) else ""
+        blocked = masked = False
+        if "rr-" in classes:
+            words = classes.split()
+            blocked, masked = "rr-block" in words, "rr-mask" in words
+        return Element(
+            parent,
+            tag,
+            t.lower() if isinstance(t, str) else "",
+            n if isinstance(n, str) else "",
+            i if isinstance(i, str) else "",
+            a if isinstance(a, str) else "",
+            classes,
+            (),
+            blocked,
+            masked,
+        )
+
     def _register(self, node: Any, parent: int) -> None:
         """Put a subtree into the mirror (first pass over Mutation adds)."""
+        mirror = self.mirror
+        stash = self._stash
         stack = [(node, parent)]
         while stack:
             n, p = stack.pop()
@@ -112,18 +151,17 @@ class DomWalker:
             ntype = n.get("type")
             if type(nid) is int:
                 if ntype == 2:
-                    tag = n.get("tagName")
-                    attrs = n.get("attributes")
-                    view = self._selector_view(attrs) if isinstance(attrs, dict) else {}
-                    self.mirror.add_element(nid, self._element(p, _lower(tag), view))
+                    element = self._make_element(p, _lower(n.get("tagName")), n.get("attributes"))
+                    stash[id(n)] = element
+                    mirror.add_element(nid, element)
                 elif ntype == 0:
-                    self.mirror.add_element(nid, _document(p))
+                    mirror.add_element(nid, _document(p))
                 elif ntype in (3, 4, 5):
-                    self.mirror.add_text(nid, p)
+                    mirror.add_text(nid, p)
             children = n.get("childNodes")
             if isinstance(children, list):
                 child_parent = nid if type(nid) is int else -1
-                stack.extend((c, child_parent) for c in children)
+                stack.extend([(c, child_parent) for c in children])
 
     def _tree(
         self,
@@ -136,52 +174,83 @@ class DomWalker:
         *,
         register: bool,
     ) -> None:
+        """Walk one serialised subtree (iteratively: no recursion limit).
+
+        The hottest loop of the engine: dict and str are tested with `type() is` (parsed
+        JSON has no subclasses; anything else is walked as junk, which masks it).
+        """
         col = self.col
+        add_slot = col.add
+        mirror = self.mirror
+        stash = self._stash
         stack = [(cont, key, parent, blocked, masked, ptag)]
+        pop = stack.pop
+        push_all = stack.extend
         while stack:
-            c, k, p, blk, msk, parent_tag = stack.pop()
+            c, k, p, blk, msk, parent_tag = pop()
             node = c[k]
-            if not isinstance(node, dict):
+            if type(node) is not dict:
                 col.json_value(c, k, JUNK)
                 continue
-            ntype = node.get("type")
-            nid = node.get("id")
-            nid = nid if type(nid) is int else None
-            for extra in node.keys() - (_DOCTYPE_KEYS if ntype == 1 else _NODE_KEYS):
-                col.json_value(node, extra, STRUCT, str(extra))
-            if ntype == 2 or ntype == 0:
-                tag = _lower(node.get("tagName")) if ntype == 2 else ""
-                attrs = node.get("attributes")
-                if not isinstance(attrs, dict):
+            get = node.get
+            ntype = get("type")
+            nid = get("id")
+            if type(nid) is not int:
+                nid = None
+            known = _DOCTYPE_KEYS if ntype == 1 else _NODE_KEYS
+            if not known.issuperset(node):
+                for extra in node.keys() - known:
+                    col.json_value(node, extra, STRUCT, str(extra))
+            if ntype == 3 or ntype == 4 or ntype == 5:
+                if register and nid is not None:
+                    mirror.add_text(nid, p)
+                text = get("textContent")
+                if type(text) is str:
+                    if parent_tag == "style" or get("isStyle") is True:
+                        continue
+                    if blk:
+                        if text:
+                            node["textContent"] = ""
+                    elif text and not text.isspace():
+                        kind = SECRET if msk else INPUT if parent_tag == "textarea" else TEXT
+                        add_slot(node, "textContent", text, kind)
+                elif text is not None:
+                    col.json_value(node, "textContent", JUNK)
+            elif ntype == 2 or ntype == 0:
+                attrs = get("attributes")
+                if type(attrs) is not dict:
                     if attrs is not None:
                         col.json_value(node, "attributes", JUNK)
                     attrs = {}
-                view = self._selector_view(attrs) if attrs else {}
-                element = self._element(p, tag, view) if ntype == 2 else _document(p)
+                if ntype == 2:
+                    tag = get("tagName")
+                    tag = tag.lower() if type(tag) is str else ""
+                    element = stash.pop(id(node), None) if stash else None
+                    if element is None:
+                        element = self._make_element(p, tag, attrs)
+                else:
+                    tag = ""
+                    element = _document(p)
                 if register and nid is not None:
-                    self.mirror.add_element(nid, element)
+                    mirror.add_element(nid, element)
                 el_blocked = blk or element.self_blocked
                 el_masked = msk or element.self_masked
                 if el_blocked:
                     self._strip(attrs)
                 elif attrs:
-                    self._attributes(attrs, tag, element, el_masked, node.get("isSVG") is True)
-                children = node.get("childNodes")
-                if isinstance(children, list):
-                    child_parent = nid if nid is not None else -1
-                    for j in range(len(children) - 1, -1, -1):
-                        stack.append((children, j, child_parent, el_blocked, el_masked, tag))
+                    self._attributes(attrs, tag, element, el_masked, get("isSVG") is True)
+                children = get("childNodes")
+                if type(children) is list:
+                    if children:
+                        cp = nid if nid is not None else -1
+                        push_all(
+                            [
+                                (children, j, cp, el_blocked, el_masked, tag)
+                                for j in range(len(children) - 1, -1, -1)
+                            ]
+                        )
                 elif children is not None:
                     col.json_value(node, "childNodes", JUNK)
-            elif ntype in (3, 4, 5):
-                if register and nid is not None:
-                    self.mirror.add_text(nid, p)
-                text = node.get("textContent")
-                if isinstance(text, str):
-                    style = node.get("isStyle") is True or parent_tag == "style"
-                    self._text(node, "textContent", text, parent_tag, blk, msk, style=style)
-                elif text is not None:
-                    col.json_value(node, "textContent", JUNK)
             elif ntype != 1:
                 col.json_value(c, k, JUNK)
 
@@ -213,59 +282,80 @@ class DomWalker:
                 del attrs[name]
                 self.col.removed += 1
 
+    def _attr_code(self, name: Any) -> int:
+        memo = self.policy.attr_memo
+        code = memo.get(name)
+        if code is None:
+            lname = name.lower() if isinstance(name, str) else str(name)
+            if lname in KEEP_ATTRS or lname.startswith("rr_"):
+                code = _A_KEEP
+            elif self.policy.is_denied(lname):
+                code = _A_SECRET
+            elif lname == "value":
+                code = _A_VALUE
+            elif lname in URL_ATTRS:
+                code = _A_URL
+            elif lname in STRUCT_ATTRS or lname.startswith("on"):
+                code = _A_STRUCT
+            elif lname in TEXT_ATTRS:
+                code = _A_TEXT
+            else:
+                code = _A_CONTENT if lname == "content" else _A_OTHER
+            if len(memo) >= _ATTR_MEMO_MAX:
+                memo.clear()
+            memo[name] = code
+        return code
+
     def _attributes(
         self, attrs: dict[str, Any], tag: str, element: Element, masked: bool, svg: bool
     ) -> None:
         col = self.col
+        blanket = col.blanket
+        memo = self.policy.attr_memo
         for name in attrs:
             value = attrs[name]
             if not isinstance(value, str) or not value:
                 if isinstance(value, dict | list):
                     col.json_value(attrs, name, STRUCT, str(name))
                 continue
-            lname = name.lower() if isinstance(name, str) else str(name)
-            kind = self._attr_kind(lname, tag, value, attrs, element, masked, svg)
-            if kind is None:
+            code = memo.get(name)
+            if code is None:
+                code = self._attr_code(name)
+            if code == _A_KEEP:
                 continue
-            if kind == _URL:
+            if code == _A_SECRET:
+                kind = SECRET
+            elif code == _A_VALUE:
+                kind = _value_kind(tag, element.input_type)
+            elif code == _A_URL:
                 col.url(attrs, name, value, TEXT)
-            elif lname == "value" and kind == INPUT:
+                continue
+            elif code == _A_STRUCT:
+                kind = STRUCT
+            elif masked:
+                kind = SECRET
+            elif code == _A_TEXT:
+                kind = TEXT
+            elif code == _A_CONTENT and tag == "meta":
+                meta_name = attrs.get("name")
+                if "http-equiv" in attrs or "charset" in attrs or meta_name in SAFE_META_NAMES:
+                    kind = STRUCT
+                else:
+                    kind = TEXT
+            elif svg or _ENUM_LIKE.match(value) or _SMALL_NUMBER.match(value):
+                kind = STRUCT
+            else:
+                kind = TEXT
+            if kind in blanket and code != _A_VALUE:
+                col.add(attrs, name, value, kind)
+                continue
+            lname = name.lower() if isinstance(name, str) else str(name)
+            if code == _A_VALUE and kind == INPUT:
                 secret, entity, context = self.field_info(element)
                 col.add(attrs, name, value, SECRET if secret else INPUT, context, entity)
             else:
                 entity = field_entity(lname) if lname.startswith("data-") else None
                 col.add(attrs, name, value, kind, key_context(lname), entity)
-
-    def _attr_kind(
-        self,
-        lname: str,
-        tag: str,
-        value: str,
-        attrs: dict[str, Any],
-        element: Element,
-        masked: bool,
-        svg: bool,
-    ) -> int | None:
-        if lname in KEEP_ATTRS or lname.startswith("rr_"):
-            return None
-        if self.policy.is_denied(lname):
-            return SECRET
-        if lname == "value":
-            return _value_kind(tag, element.input_type)
-        if lname in URL_ATTRS:
-            return _URL
-        if lname in STRUCT_ATTRS or lname.startswith("on"):
-            return STRUCT
-        if masked or lname in TEXT_ATTRS:
-            return SECRET if masked else TEXT
-        if tag == "meta" and lname == "content":
-            meta_name = attrs.get("name")
-            if "http-equiv" in attrs or "charset" in attrs or meta_name in SAFE_META_NAMES:
-                return STRUCT
-            return TEXT
-        if svg or _ENUM_LIKE.match(value) or _SMALL_NUMBER.match(value):
-            return STRUCT
-        return TEXT
 
     def field_info(self, element: Element) -> tuple[bool, str | None, str]:
         """(secret, entity, context) for a form field, from its type, name, id and autocomplete."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.policy.model import PiiPolicy
 from runner.redact.settings import RedactSettings
@@ -31,6 +31,23 @@ class BatchRequest:
     fingerprint: str
     retention_days: int
     events: list[Any]
+
+
+class BatchWire(NamedTuple):
+    """One batch as it crosses the pipe to a worker: the events as JSON bytes (serialising and
+    parsing JSON is several times cheaper than pickling nested dicts) and the policy as its
+    canonical JSON, which the worker parses only for a fingerprint it has not compiled yet."""
+
+    tenant: str
+    session_id: str
+    fingerprint: str
+    policy_json: bytes
+    retention_days: int
+    events_json: bytes
+    events_key: str = ""
+    """Set: `events_json` is an object (the ingest frame) and the events are this member."""
+    events_count: int = -1
+    """With `events_key`: how many events the member must hold (else the batch is refused)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_ANCESTRY = 512
 """Ancestors walked when asking whether a node sits under a blocked element."""
@@ -52,9 +53,8 @@ class Element:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class NodeFlags:
-    """What an event touching a node needs to know about it."""
+class NodeFlags(NamedTuple):
+    """What an event touching a node needs to know about it (a tuple: cheap to make)."""
 
     known: bool
     blocked: bool
@@ -96,16 +96,21 @@ class SessionMirror:
 
     def add_element(self, node_id: int, element: Element) -> None:
         """Remember an element."""
-        self._room()
-        self._text_parent.pop(node_id, None)
+        texts = self._text_parent
+        if len(self._elements) + len(texts) >= self._max_nodes:
+            self._room()
+        if texts:
+            texts.pop(node_id, None)
         self._elements[node_id] = element
         if element.self_blocked or element.self_masked:
             self._flagged += 1
 
     def add_text(self, node_id: int, parent: int) -> None:
         """Remember a text-like node (text, comment, CDATA) under its parent element."""
-        self._room()
-        self._elements.pop(node_id, None)
+        elements = self._elements
+        if len(elements) + len(self._text_parent) >= self._max_nodes:
+            self._room()
+        elements.pop(node_id, None)
         self._text_parent[node_id] = parent
 
     def mark_flagged(self) -> None:
@@ -135,7 +140,7 @@ class SessionMirror:
                 return UNKNOWN
             current = parent
         if not self._flagged:
-            return NodeFlags(known=True, blocked=False, masked=False, element=element)
+            return NodeFlags(True, False, False, element)
         blocked = masked = False
         for _ in range(MAX_ANCESTRY):
             if current is None:
@@ -148,7 +153,7 @@ class SessionMirror:
             if blocked:
                 break
             current = el.parent if el.parent >= 0 else None
-        return NodeFlags(known=True, blocked=blocked, masked=masked, element=element)
+        return NodeFlags(True, blocked, masked, element)
 
     def parent_flags(self, parent_id: int) -> tuple[bool, bool, Element | None]:
         """(blocked, masked, element) for a parent that new nodes are being added under."""
@@ -163,6 +168,8 @@ class MirrorStore:
         self._sessions: OrderedDict[tuple[str, str], SessionMirror] = OrderedDict()
         self._session_nodes = session_nodes
         self._worker_nodes = worker_nodes
+        self._nodes = 0
+        """Nodes held across sessions, kept up to date by `trim` and `drop`."""
         self.evictions = 0
 
     def get(self, tenant: str, session_id: str) -> SessionMirror:
@@ -178,15 +185,27 @@ class MirrorStore:
 
     def drop(self, tenant: str, session_id: str) -> bool:
         """Free a session's mirror (the session ended); True if there was one."""
-        return self._sessions.pop((tenant, session_id), None) is not None
+        mirror = self._sessions.pop((tenant, session_id), None)
+        if mirror is None:
+            return False
+        self._nodes -= mirror.size
+        return True
 
-    def trim(self) -> int:
-        """Evict least recently used sessions until the node budget holds; returns evictions."""
-        total = sum(m.size for m in self._sessions.values())
+    def trim(self, changed: SessionMirror | None = None, size_before: int = 0) -> int:
+        """Evict least recently used sessions until the node budget holds; returns evictions.
+
+        `changed` is the mirror a batch just walked and `size_before` its size before: the
+        running total is updated by the difference (without them it is recounted), so a
+        batch costs the same however many sessions the worker holds.
+        """
+        if changed is None:
+            self._nodes = sum(m.size for m in self._sessions.values())
+        else:
+            self._nodes += changed.size - size_before
         evicted = 0
-        while total > self._worker_nodes and len(self._sessions) > 1:
+        while self._nodes > self._worker_nodes and len(self._sessions) > 1:
             _, mirror = self._sessions.popitem(last=False)
-            total -= mirror.size
+            self._nodes -= mirror.size
             evicted += 1
         self.evictions += evicted
         return evicted
@@ -198,5 +217,5 @@ class MirrorStore:
 
     @property
     def nodes(self) -> int:
-        """Nodes held across sessions."""
+        """Nodes held across sessions (recounted)."""
         return sum(m.size for m in self._sessions.values())

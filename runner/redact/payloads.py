@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit
 import orjson
 
 from runner.redact.rules import ALWAYS_REMOVED_HEADERS, CompiledPolicy, field_entity, key_context
+from runner.redact.tokens import mask
 
 TEXT = 0
 """Free text: masked in mask_all mode, analysed in detect mode."""
@@ -129,6 +130,16 @@ class Collector:
         self.removed = 0
         """Attributes, headers and URL credentials removed outright."""
         self.oversize_bodies = 0
+        self.masked = 0
+        """Slots masked outright while walking (they need no decision and keep no `Slot`)."""
+        self.blanket = frozenset(
+            {SECRET}
+            | ({TEXT} if not policy.detect else set())
+            | ({INPUT} if policy.mask_all_inputs or not policy.detect else set())
+        )
+        """Slot kinds this policy masks whatever they hold (always SECRET; TEXT in mask_all;
+        INPUT while inputs are masked)."""
+        self._allow = policy.allow_values
 
     def add(
         self,
@@ -140,7 +151,16 @@ class Collector:
         field: str | None = None,
         enc: int = ENC_NONE,
     ) -> None:
-        """Record one slot of the current event."""
+        """Record one slot of the current event, or mask it right away when its kind is
+        masked outright (an allowed TEXT or INPUT value is kept as a slot, left as it is)."""
+        if kind in self.blanket and (
+            kind == SECRET
+            or not (self._allow and isinstance(value, str) and value.strip() in self._allow)
+        ):
+            masked = mask(str(value))
+            container[key] = quote(masked, safe=_URL_SAFE) if enc == ENC_URL else masked
+            self.masked += 1
+            return
         self.slots.append(Slot(container, key, value, kind, self.event, context, field, enc))
 
     def finalize(self) -> None:

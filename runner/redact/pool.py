@@ -1,24 +1,24 @@
 """A bounded pool of worker processes with sticky dispatch, so both cores redact and the event
 loop never blocks.
 
-Each worker is a spawned process with a duplex pipe. The parent never touches the pipe on the
-event loop: a writer thread pickles and sends requests, a reader thread receives and unpickles
-replies and hands them to the loop with `call_soon_threadsafe`. A session always goes to the
-same worker (its DOM mirror lives there). Each worker takes at most `max_pending_per_worker`
-batches; a batch that cannot get a slot within `queue_timeout_s` fails with a retriable
-error (the SDK is told to retry later). A batch running past `batch_timeout_s` gets its worker
-killed and restarted; a worker that dies is restarted on next use. Either way the batch fails
-with a retriable error and its session's mirror is gone (unknown nodes are then sensitive).
+Each worker is a spawned process with a duplex pipe, which the parent drives from the event
+loop without ever blocking (`channel`): requests are written when the pipe takes them, replies
+are read when they arrive. A batch crosses the pipe as JSON bytes (`BatchWire`), so neither
+side pickles nested events. A session always goes to the same worker (its DOM mirror lives
+there). Each worker takes at most `max_pending_per_worker` batches; a batch that cannot get a
+slot within `queue_timeout_s` fails with a retriable error (the SDK is told to retry later). A
+batch running past `batch_timeout_s` gets its worker killed and restarted; a worker that dies
+is restarted on next use. Either way the batch fails with a retriable error and its session's
+mirror is gone (unknown nodes are then sensitive).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import multiprocessing
-import queue
 import signal
-import threading
 import traceback
 import zlib
 from multiprocessing.connection import Connection
@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from runner.redact.channel import Channel
 from runner.redact.errors import RedactError, RedactStartupError
 from runner.redact.messages import UnencodableBatch, WorkerConfig
 
@@ -63,6 +64,8 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which refuses to start
         conn.send(("init_error", _where(e)))
         return
+    gc.collect()
+    gc.freeze()  # Presidio, spaCy and the recognizers live as long as the worker: never rescan
     conn.send(("ready", state.describe()))
     while True:
         try:
@@ -73,7 +76,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
             return
         try:
             if op == OP_REDACT:
-                result: Any = state.redact(payload)
+                result: Any = state.redact(payload)  # a BatchWire, or a BatchRequest
             elif op == OP_END_SESSION:
                 result = state.end_session(*payload)
             elif op == OP_STATS:
@@ -93,15 +96,38 @@ class WorkerGone(Exception):
 
 
 class _Generation:
-    """One process of a worker slot, with its pipe, outbox and pending requests."""
+    """One process of a worker slot, with its pipe and pending requests."""
 
-    def __init__(self, proc: BaseProcess, conn: Connection, ready: asyncio.Future[Any]) -> None:
+    def __init__(self, proc: BaseProcess, ready: asyncio.Future[Any]) -> None:
         self.proc = proc
-        self.conn = conn
         self.ready = ready
-        self.outbox: queue.SimpleQueue[tuple[str, int, Any] | None] = queue.SimpleQueue()
+        self.channel: Channel | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.gone = False
+
+    def send(self, op: str, req_id: int, payload: Any) -> None:
+        """Send one request; a payload that cannot be pickled fails its request only."""
+        if self.channel is None or self.channel.closed:
+            fut = self.pending.pop(req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(WorkerGone())
+            return
+        try:
+            self.channel.send((op, req_id, payload))
+        except Exception:  # noqa: BLE001 - a payload pickle refuses fails its batch, not the pipe
+            _resolve(self, req_id, False, ("unencodable", "payload cannot be sent"))
+
+    def on_message(self, message: Any) -> None:
+        """A message from the worker: first its start-up answer, then replies."""
+        if not self.ready.done():
+            _settle_ready(self.ready, message)
+        elif isinstance(message, tuple) and len(message) == 3:
+            _resolve(self, *message)
+
+    def close(self) -> None:
+        """Close the pipe."""
+        if self.channel is not None:
+            self.channel.close()
 
     @property
     def alive(self) -> bool:
@@ -133,32 +159,12 @@ class _Worker:
         )
         proc.start()
         child.close()
-        gen = _Generation(proc, parent, loop.create_future())
-        threading.Thread(
-            target=_write, args=(gen, loop), daemon=True, name=f"pii-writer-{self.index}"
-        ).start()
-        threading.Thread(
-            target=self._read, args=(gen, loop), daemon=True, name=f"pii-reader-{self.index}"
-        ).start()
+        gen = _Generation(proc, loop.create_future())
+        gen.channel = Channel(parent, loop, gen.on_message, lambda: self._gone(gen))
         return gen
-
-    def _read(self, gen: _Generation, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            first = gen.conn.recv()
-            loop.call_soon_threadsafe(_settle_ready, gen.ready, first)
-            while True:
-                req_id, ok, result = gen.conn.recv()
-                loop.call_soon_threadsafe(_resolve, gen, req_id, ok, result)
-        except (EOFError, OSError):
-            pass
-        try:
-            loop.call_soon_threadsafe(self._gone, gen)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            return
 
     def _gone(self, gen: _Generation) -> None:
         gen.gone = True
-        gen.outbox.put(None)
         _settle_ready(gen.ready, ("init_error", "the worker exited"))
         if gen.pending:
             log.warning(EV_WORKER_DIED, worker=self.index, pending=len(gen.pending))
@@ -173,7 +179,7 @@ class _Worker:
         if gen is None or (gen.ready.done() and not gen.alive):
             if gen is not None:
                 self.restarts += 1
-                gen.conn.close()
+                gen.close()
             gen = self._gen = self._spawn()
         result: dict[str, Any] = await asyncio.wait_for(asyncio.shield(gen.ready), limit_s)
         return result
@@ -185,14 +191,22 @@ class _Worker:
             fut.exception()  # retrieved: a caller that timed out no longer awaits it
 
     async def call(self, op: str, payload: Any, queue_s: float, limit_s: float) -> Any:
-        """Send one request and wait for its reply, within the pool's bounds."""
-        try:
-            await asyncio.wait_for(self._slots.acquire(), queue_s)
-        except TimeoutError:
-            raise RedactError("all PII workers are busy", retriable=True) from None
+        """Send one request and wait for its reply, within the pool's bounds.
+
+        The common case (a free slot, a running worker) takes no timer tasks: only the reply
+        wait has a deadline, a plain timer.
+        """
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), queue_s)
+            except TimeoutError:
+                raise RedactError("all PII workers are busy", retriable=True) from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         self.depth += 1
         try:
-            await self.ensure(max(limit_s, self._config.settings.start_timeout_s))
+            if not _usable(self._gen):
+                await self.ensure(max(limit_s, self._config.settings.start_timeout_s))
         except (RedactStartupError, TimeoutError) as e:
             self.depth -= 1
             self._slots.release()
@@ -204,20 +218,28 @@ class _Worker:
         gen = self._gen
         if gen is None:  # pragma: no cover - ensure() sets it
             raise RedactError("the PII worker is not running", retriable=True)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         fut.add_done_callback(self._release)
         req_id = next(self._ids)
         gen.pending[req_id] = fut
-        gen.outbox.put((op, req_id, payload))
+        gen.send(op, req_id, payload)
+        # Wait on a separate future: a caller that is cancelled or times out leaves `fut`
+        # pending, so the slot is only released when the worker is really done with it.
+        waiter: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(lambda done: _relay(done, waiter))
+        timer = loop.call_later(limit_s, _expire, waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), limit_s)
-        except TimeoutError:
+            return await waiter
+        except _Expired:
             self.kill(reason="batch_timeout")
             raise RedactError(
                 "a PII worker took too long and was restarted", retriable=True
             ) from None
         except WorkerGone:
             raise RedactError("a PII worker exited and was restarted", retriable=True) from None
+        finally:
+            timer.cancel()
 
     def cast(self, op: str, payload: Any) -> None:
         """Send a request whose reply nobody waits for (a failure is logged)."""
@@ -228,7 +250,7 @@ class _Worker:
         fut.add_done_callback(self._cast_done)
         req_id = next(self._ids)
         gen.pending[req_id] = fut
-        gen.outbox.put((op, req_id, payload))
+        gen.send(op, req_id, payload)
 
     def _cast_done(self, fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and (error := fut.exception()) is not None:
@@ -251,27 +273,40 @@ class _Worker:
         gen, self._gen = self._gen, None
         if gen is None:
             return
-        gen.outbox.put((_OP_STOP, -1, None))
-        gen.outbox.put(None)
+        gen.send(_OP_STOP, -1, None)
         await asyncio.to_thread(gen.proc.join, grace_s)
         if gen.proc.is_alive():
             gen.proc.kill()
             await asyncio.to_thread(gen.proc.join, grace_s)
-        gen.conn.close()
+        gen.close()
 
 
-def _write(gen: _Generation, loop: asyncio.AbstractEventLoop) -> None:
-    while (msg := gen.outbox.get()) is not None:
-        try:
-            gen.conn.send(msg)
-        except (OSError, ValueError):
-            return
-        except Exception:  # noqa: BLE001 - a payload pickle refuses fails its batch, not the pipe
-            reply = (msg[1], False, ("unencodable", "payload cannot be sent"))
-            try:
-                loop.call_soon_threadsafe(_resolve, gen, *reply)
-            except RuntimeError:
-                return
+def _usable(gen: _Generation | None) -> bool:
+    """A worker that started and is still running."""
+    if gen is None or not gen.ready.done() or gen.ready.cancelled():
+        return False
+    return gen.ready.exception() is None and gen.alive
+
+
+class _Expired(Exception):
+    """A batch ran past `batch_timeout_s`."""
+
+
+def _relay(done: asyncio.Future[Any], waiter: asyncio.Future[Any]) -> None:
+    """Pass a request's outcome on to its caller's waiter (unless the caller gave up)."""
+    if waiter.done():
+        return
+    if done.cancelled():
+        waiter.cancel()
+    elif (error := done.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(done.result())
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
 
 
 def _resolve(gen: _Generation, req_id: int, ok: bool, result: Any) -> None:

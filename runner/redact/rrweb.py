@@ -40,6 +40,7 @@ GEOMETRY_SOURCES = frozenset({1, 2, 3, 4, 6, 7, 12, 14})
 """Pointer, scroll, viewport, media, drag, selection: numbers; stray strings are analysed."""
 
 _EVENT_KEYS = frozenset({"type", "data", "timestamp"})
+_MUTATION_KEYS = frozenset({"source", "texts", "attributes", "removes", "adds", "isAttachIframe"})
 
 
 class Walker(DomWalker):
@@ -65,9 +66,10 @@ class Walker(DomWalker):
         if type(t) is not int or t not in KNOWN_EVENT_TYPES:
             col.json_value(events, i, JUNK)
             return True
-        for extra in ev.keys() - _EVENT_KEYS:
-            col.json_value(ev, extra, STRUCT, str(extra))
-        if not isinstance(ev.get("timestamp", 0), int | float):
+        if not _EVENT_KEYS.issuperset(ev):
+            for extra in ev.keys() - _EVENT_KEYS:
+                col.json_value(ev, extra, STRUCT, str(extra))
+        if not isinstance(ev.get("timestamp", 0), (int, float)):
             col.json_value(ev, "timestamp", JUNK)
         data = ev.get("data")
         if not isinstance(data, dict):
@@ -148,9 +150,10 @@ class Walker(DomWalker):
     def _mutation(self, data: dict[str, Any]) -> None:
         col = self.col
         mirror = self.mirror
-        for key in data:
-            if key not in ("source", "texts", "attributes", "removes", "adds", "isAttachIframe"):
-                col.json_value(data, key, STRUCT, str(key))
+        if not _MUTATION_KEYS.issuperset(data):
+            for key in data:
+                if key not in _MUTATION_KEYS:
+                    col.json_value(data, key, STRUCT, str(key))
         removes = data.get("removes")
         if isinstance(removes, list):
             for item in removes:
@@ -163,6 +166,7 @@ class Walker(DomWalker):
                     self._register(add.get("node"), pid)
             for i in range(len(adds)):
                 self._add(adds, i)
+            self._stash.clear()
         elif adds is not None:
             col.json_value(data, "adds", JUNK)
         texts = data.get("texts")
@@ -192,7 +196,7 @@ class Walker(DomWalker):
                 self._tree(
                     add, key, parent, flags.blocked, flags.masked, parent_tag, register=False
                 )
-            elif not isinstance(add[key], int | None):
+            elif (value := add[key]) is not None and not isinstance(value, int):
                 col.json_value(add, key, STRUCT, str(key))
 
     def _text_change(self, item: Any) -> None:

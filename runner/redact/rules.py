@@ -17,6 +17,13 @@ import orjson
 
 from runner.policy.model import Action, PiiPolicy
 
+EGRESS_KIND_OF_ENTITY = {
+    "CREDIT_CARD": "card",
+    "EMAIL_ADDRESS": "email",
+    "IN_AADHAAR": "aadhaar",
+    "IN_PAN": "pan",
+}
+"""The shapes of the egress check, by the entity a policy must detect for it to look."""
 ALWAYS_REMOVED_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
 """Headers removed outright, whatever the policy says."""
 
@@ -247,6 +254,10 @@ class CompiledPolicy:
     bad_selectors: int
     unknown_entities: tuple[str, ...] = ()
     _deny_memo: dict[str, bool] = field(default_factory=dict)
+    egress_kinds: frozenset[str] = frozenset()
+    """The shapes the egress check looks for under this policy (see `egress.kinds_for`)."""
+    attr_memo: dict[object, int] = field(default_factory=dict)
+    """The walker's classification of attribute names under this policy (see `dom`)."""
 
     def action_for(self, entity: str) -> Action:
         """The policy's action for one entity type."""
@@ -279,10 +290,14 @@ class CompiledPolicy:
         return any(c.matches(tag, attrs) for c in self.mask)
 
 
-def fingerprint(policy: PiiPolicy) -> str:
+def canonical(policy: PiiPolicy) -> bytes:
+    """The policy as canonical JSON (sorted keys): what is fingerprinted and sent to workers."""
+    return orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+def fingerprint(policy: PiiPolicy, raw: bytes | None = None) -> str:
     """A short stable digest of the policy, used as a cache key across processes."""
-    raw = orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(canonical(policy) if raw is None else raw).hexdigest()[:16]
 
 
 def compile_policy(policy: PiiPolicy, supported: frozenset[str], fp: str = "") -> CompiledPolicy:
@@ -323,4 +338,5 @@ def compile_policy(policy: PiiPolicy, supported: frozenset[str], fp: str = "") -
         selector_attrs=selector_attrs,
         bad_selectors=bad,
         unknown_entities=unknown,
+        egress_kinds=frozenset(k for e, k in EGRESS_KIND_OF_ENTITY.items() if e in entities),
     )

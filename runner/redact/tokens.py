@@ -55,11 +55,15 @@ def normalise(entity: str, value: str) -> str:
     return _SPACES.sub(" ", value.strip()).casefold()
 
 
+_ASCII_MASK = "".join(c if c.isspace() else MASK_CHAR for c in map(chr, range(128)))
+"""`mask` for ASCII text as a translation table (the same as the regex, several times faster)."""
+
+
 def mask(text: str) -> str:
     """Same length (in UTF-16 units, as the browser counts), every non-space character `*`."""
-    if not text.isascii():
-        text = _ASTRAL.sub("**", text)
-    return _NON_SPACE.sub(MASK_CHAR, text)
+    if text.isascii():
+        return text.translate(_ASCII_MASK)
+    return _NON_SPACE.sub(MASK_CHAR, _ASTRAL.sub("**", text))
 
 
 def label(entity: str) -> str:

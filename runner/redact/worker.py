@@ -24,8 +24,14 @@ import orjson
 from runner.policy.model import PiiPolicy
 from runner.redact import egress
 from runner.redact.engine import UNANALYZED, DetectionEngine, Finding, build_engine
-from runner.redact.messages import BatchOutcome, BatchRequest, UnencodableBatch, WorkerConfig
-from runner.redact.mirror import MirrorStore
+from runner.redact.messages import (
+    BatchOutcome,
+    BatchRequest,
+    BatchWire,
+    UnencodableBatch,
+    WorkerConfig,
+)
+from runner.redact.mirror import MirrorStore, SessionMirror
 from runner.redact.payloads import INPUT, NUMBER, SECRET, STRUCT, TEXT, Collector, Slot
 from runner.redact.rrweb import Walker
 from runner.redact.rules import CompiledPolicy, compile_policy
@@ -78,21 +84,23 @@ class WorkerState:
         """Free a session's DOM mirror."""
         return self._mirrors.drop(tenant, session_id)
 
-    def compiled(self, policy: PiiPolicy, fp: str) -> CompiledPolicy:
-        """The compiled form of a policy, cached by fingerprint."""
+    def compiled(self, policy: PiiPolicy | bytes, fp: str) -> CompiledPolicy:
+        """The compiled form of a policy (or of its canonical JSON), cached by fingerprint."""
         found = self._policies.get(fp)
         if found is None:
+            if isinstance(policy, bytes):
+                policy = PiiPolicy.model_validate_json(policy)
             found = compile_policy(policy, self._engine.supported, fp)
             self._policies[fp] = found
             while len(self._policies) > _POLICY_CACHE:
                 self._policies.popitem(last=False)
         return found
 
-    def redact(self, req: BatchRequest) -> BatchOutcome:
+    def redact(self, req: BatchRequest | BatchWire) -> BatchOutcome:
         """Redact one batch; the events list is rewritten in place (it is the worker's copy)."""
         return self._redact(req, check=True)
 
-    def detection_only(self, req: BatchRequest) -> BatchOutcome:
+    def detection_only(self, req: BatchRequest | BatchWire) -> BatchOutcome:
         """The batch without the egress check and without vault writes.
 
         Only for measuring recall (the leak suite, the benchmark): the egress check masks a
@@ -100,18 +108,37 @@ class WorkerState:
         """
         return self._redact(req, check=False)
 
-    def _redact(self, req: BatchRequest, check: bool) -> BatchOutcome:
-        policy = self.compiled(req.policy, req.fingerprint)
+    def _redact(self, req: BatchRequest | BatchWire, check: bool) -> BatchOutcome:
+        if isinstance(req, BatchWire):
+            policy = self.compiled(req.policy_json, req.fingerprint)
+            events = _loads(req)
+        else:
+            policy = self.compiled(req.policy, req.fingerprint)
+            events = req.events
         mirror = self._mirrors.get(req.tenant, req.session_id)
-        events = req.events
+        nodes_before = mirror.size
+        try:
+            return self._process(req, policy, events, mirror, check)
+        finally:
+            self._mirrors.trim(mirror, nodes_before)
+
+    def _process(
+        self,
+        req: BatchRequest | BatchWire,
+        policy: CompiledPolicy,
+        events: list[Any],
+        mirror: SessionMirror,
+        check: bool,
+    ) -> BatchOutcome:
         col = Collector(policy, self._settings.max_body_bytes)
         droppable = Walker(col, mirror).collect(events)
         decider = _Decider(policy, self._engine, self._tokenizer, req.tenant, droppable)
         decider.decide(col.slots)
         col.finalize()
-        kept = [e for i, e in enumerate(events) if i not in decider.drops]
+        drops = decider.drops
+        kept = [e for i, e in enumerate(events) if i not in drops] if drops else events
         data = _dumps(kept)
-        kinds = egress.kinds_for(policy.profile.entities) if check else frozenset()
+        kinds = policy.egress_kinds if check else frozenset()
         hits = egress.scan(data, kinds, policy.allow_values)
         hit_kinds = Counter(h.kind for h in hits)
         if hits:
@@ -125,9 +152,8 @@ class WorkerState:
         if check and self._sink is not None and decider.vault_items:
             expires = int(time.time()) + req.retention_days * DAY_S
             self._sink.put_many(req.tenant, decider.vault_items, expires)
-        self._mirrors.trim()
         stats = {
-            "slots": len(col.slots),
+            "slots": len(col.slots) + col.masked,
             "removed": col.removed,
             "oversize_bodies": col.oversize_bodies,
             "unanalyzed": decider.unanalyzed,
@@ -232,6 +258,21 @@ def _field_applies(entity: str, value: str, allow: frozenset[str]) -> bool:
 def _mask_slot(slot: Slot) -> None:
     """The egress fallback: every slot masked from its original value."""
     slot.write(mask(str(slot.value)))
+
+
+def _loads(wire: BatchWire) -> list[Any]:
+    """The events of a `BatchWire`: a JSON array, or the `events_key` member of a frame."""
+    try:
+        events = orjson.loads(wire.events_json)
+    except orjson.JSONDecodeError:
+        raise UnencodableBatch("the events are not JSON") from None
+    if wire.events_key:
+        events = events.get(wire.events_key) if isinstance(events, dict) else None
+        if isinstance(events, list) and len(events) != wire.events_count:
+            raise UnencodableBatch("the frame does not hold the events it was sent for")
+    if not isinstance(events, list):
+        raise UnencodableBatch("the events are not a JSON array")
+    return events
 
 
 def _dumps(events: list[Any]) -> bytes:

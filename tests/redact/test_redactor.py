@@ -39,6 +39,11 @@ async def test_end_to_end_in_worker_processes_without_pii_or_keys_in_logs(tmp_pa
                 RedactRequest("acme", "web", "s1", DETECT_INPUTS, events)
             )
             assert detect.entities["EMAIL_ADDRESS"] > 0
+            frame_json = orjson.dumps({"type": "batch", "seq": 1, "events": events})
+            framed = await redactor.redact(
+                RedactRequest("acme", "web", "s1", DETECT_INPUTS, events, frame_json=frame_json)
+            )
+            assert framed.events_json == detect.events_json
 
             dom = Dom()
             pwd = dom.el("input", {"type": "password"})
@@ -76,7 +81,7 @@ async def test_end_to_end_in_worker_processes_without_pii_or_keys_in_logs(tmp_pa
             )
             assert hit.egress_hits == 1
             assert card.encode() not in hit.events_json
-            assert redactor.stats.batches == 10
+            assert redactor.stats.batches == 11
             assert redactor.stats.failures == 0
             assert redactor.stats.egress_hits >= 1
             for junk in ({"type": 5, "data": {"payload": {1, 2}}}, {"type": 5, "data": lambda: 0}):

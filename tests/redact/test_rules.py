@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from runner.redact.dom import DomWalker
 from runner.redact.mirror import Element, MirrorStore, SessionMirror
+from runner.redact.payloads import Collector
 from runner.redact.rules import (
     CompiledPolicy,
     autocomplete_entity,
@@ -116,3 +120,50 @@ def test_mirror_is_bounded_per_session_and_per_worker() -> None:
     assert store.nodes <= 1500
     assert store.drop("t", "c")
     assert not store.drop("t", "a")
+
+
+def test_the_worker_node_total_is_kept_up_to_date_by_each_batch() -> None:
+    """Trimming with the batch's mirror (no recount over every session) keeps the same total as
+    a recount, through growth, resets, session drops and evictions, and holds the budget."""
+    rng = random.Random(3)  # noqa: S311 - reproducible test data
+    store = MirrorStore(session_nodes=50, worker_nodes=120)
+    for _ in range(400):
+        mirror = store.get("t", f"s{rng.randint(0, 6)}")
+        before = mirror.size
+        for _ in range(rng.randint(0, 30)):
+            node = rng.randint(0, 80)
+            if rng.random() < 0.5:
+                mirror.add_text(node, 0)
+            else:
+                mirror.add_element(node, _el(0))
+        if rng.random() < 0.1:
+            mirror.remove(rng.randint(0, 80))
+        if rng.random() < 0.05:
+            mirror.reset()
+        store.trim(mirror, before)
+        assert store.nodes <= 120 or store.sessions == 1
+        if rng.random() < 0.05:
+            store.drop("t", f"s{rng.randint(0, 6)}")
+        total = store.nodes
+        assert store.trim() == 0
+        assert store.nodes == total
+
+
+def test_the_plain_element_path_matches_the_selector_path(compiled: Any) -> None:
+    """Without block selectors the walker builds elements straight from the attributes; that
+    gives what matching the selector view gives, rr-block and rr-mask included."""
+    policy = compiled()
+    walker = DomWalker(Collector(policy, 65_536), SessionMirror(100))
+    assert not policy.block
+    samples: list[dict[str, Any]] = [
+        {},
+        {"class": "rr-block x"},
+        {"class": "a rr-mask"},
+        {"class": "rr-blocked"},
+        {"type": "PassWord", "name": "pin", "id": "p", "autocomplete": "cc-number"},
+        {"class": True, "type": 3, "name": None},
+    ]
+    for attrs in samples:
+        fast = walker._make_element(7, "input", attrs)
+        slow = walker._element(7, "input", walker._selector_view(attrs))
+        assert fast == slow, attrs

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from runner.redact.tokens import (
     TOKEN_RE,
     Tokenizer,
@@ -79,3 +84,10 @@ def test_master_key_must_be_long_enough() -> None:
     except ValueError:
         return
     raise AssertionError("short key accepted")
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_mask_is_the_regex_mask(text: str) -> None:
+    """ASCII text is masked with a translation table: the same as masking with `\\S`."""
+    assert mask(text) == re.sub(r"\S", "*", text)
+    assert mask("".join(map(chr, range(128)))) == re.sub(r"\S", "*", "".join(map(chr, range(128))))
