@@ -16,4 +16,3 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
-
