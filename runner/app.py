@@ -27,6 +27,7 @@ from runner.buffer.embedded import EmbeddedRedis
 from runner.buffer.keys import Keys
 from runner.buffer.redis_streams import StreamBuffer, check_durability
 from runner.config import Config
+from runner.drain import DrainReport, flush_buffer
 from runner.errors import BufferUnavailable, ConfigError, StartupError
 from runner.forward.forwarder import Forwarder
 from runner.ingest.auth import ProjectDirectory
@@ -98,9 +99,11 @@ class Runner:
         self.connections = Connections()
         self.draining = False
         self.drain_requested = asyncio.Event()
+        self.drain_done = asyncio.Event()
         self.drain_deadline_s = 60.0
-        self.drain_state = ""
-        self.drain_remaining = 0
+        self.drain_spill: bool | None = None
+        self.drain_spill_deadline_s: float | None = None
+        self.drain_report = DrainReport()
         self.embedded: EmbeddedRedis | None = None
         self.redis: Redis | None = None
         self.buffer: StreamBuffer | None = None
@@ -174,7 +177,11 @@ class Runner:
         await self.buffer.start()
         if cfg.forward.enabled:
             self.forwarder = Forwarder(
-                self.redis, cfg, self.policies, Keys(cfg.buffer.stream_prefix)
+                self.redis,
+                cfg,
+                self.policies,
+                Keys(cfg.buffer.stream_prefix),
+                tracer=self._tracer(),
             )
             await self.forwarder.start()
         if self.redactor is None:
@@ -188,7 +195,7 @@ class Runner:
             self.redactor,
             self.buffer,
             self.metrics,
-            self.tracer_provider.get_tracer(TRACER_NAME, __version__),
+            self._tracer(),
             self.audit,
             RateLimiter(self.redis, cfg.buffer.stream_prefix),
             jwt=self.jwt,
@@ -217,6 +224,9 @@ class Runner:
             admin=f"{self.admin_address[0]}:{self.admin_address[1]}",
             air_gapped=cfg.air_gapped,
         )
+
+    def _tracer(self) -> trace.Tracer:
+        return self.tracer_provider.get_tracer(TRACER_NAME, __version__)
 
     def _ingest_app(self) -> web.Application:
         app = web.Application(
@@ -371,7 +381,7 @@ class Runner:
                 "embedded_redis_restarts": self.embedded.restarts if self.embedded else 0,
             },
             "forward": self.forwarder.state() if self.forwarder else {},
-            "drain": {"state": self.drain_state, "remaining_entries": self.drain_remaining},
+            "drain": self.drain_report.to_dict(),
         }
 
     def metrics_text(self) -> bytes:
@@ -382,9 +392,31 @@ class Runner:
         if self.policy_manager is not None:
             self.policy_manager.reload()
 
-    def request_drain(self, deadline_s: float) -> None:
+    def request_drain(
+        self,
+        deadline_s: float,
+        spill: bool | None = None,
+        spill_deadline_s: float | None = None,
+    ) -> bool:
+        """Ask `serve` to drain; False when a drain was already requested (it keeps its terms)."""
+        if self.drain_requested.is_set():
+            return False
         self.drain_deadline_s = deadline_s
+        self.drain_spill = spill
+        self.drain_spill_deadline_s = spill_deadline_s
         self.drain_requested.set()
+        return True
+
+    async def drain_progress(self) -> dict[str, Any]:
+        """The drain report, with open sessions and the live backlog while forwarding."""
+        sessions = sum(self.ingestor.stats.sessions_open.values()) if self.ingestor else 0
+        return await self.drain_report.progress(sessions, self.forwarder)
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the drain to finish; True once it has."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain_done.wait(), timeout_s)
+        return self.drain_done.is_set()
 
     async def _stop_part(self, name: str, stopping: Awaitable[Any]) -> None:
         try:
@@ -392,30 +424,45 @@ class Runner:
         except TimeoutError:
             log.error(EV_STOP_TIMEOUT, part=name, timeout_s=STOP_TIMEOUT_S)
 
-    async def drain(self, deadline_s: float) -> int:
+    async def drain(
+        self,
+        deadline_s: float,
+        spill: bool | None = None,
+        spill_deadline_s: float | None = None,
+    ) -> int:
         """Drain within the deadline; returns the entries left in Redis for the next start.
 
         Order (uvicorn's shutdown): go unready → goaway and close 1001 to every session
         (each finishes the batches it already read) → forward the buffer until it is
-        empty or the deadline → stop claiming and let in-flight chunks finish.
+        empty or the deadline → stop claiming and let in-flight chunks finish → with
+        spill (`spill`, else `[forward] drain_spill`), move what is left to the
+        dead-letter store within `spill_deadline_s` (else `[forward] spill_deadline_s`).
+        `drain_report` shows the progress; `drain_done` is set at the end.
         """
-        end = time.monotonic() + deadline_s
+        settings = self.config.forward
+        report = self.drain_report = DrainReport(
+            deadline_s=deadline_s,
+            spill=settings.drain_spill if spill is None else spill,
+            spill_deadline_s=spill_deadline_s or settings.spill_deadline_s,
+            started=time.monotonic(),
+        )
         self.draining = True
-        self.drain_state = "sessions"
-        log.info(EV_DRAINING, deadline_s=deadline_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.connections.goaway(GOAWAY_RECONNECT_MS), deadline_s)
-        remaining = 0
-        if self.forwarder is not None:
-            self.drain_state = "forwarding"
-            left = max(0.0, end - time.monotonic())
-            remaining = await self.forwarder.run_until_empty(left)
-            await self.forwarder.flush(max(0.0, end - time.monotonic()))
-        self.drain_state = "done"
-        self.drain_remaining = remaining
-        log.info(EV_DRAINED, remaining_entries=remaining)
-        self.audit.record("drain.finished", remaining_entries=remaining)
-        return remaining
+        log.info(EV_DRAINING, deadline_s=deadline_s, spill=report.spill)
+        try:
+            report.state = "sessions"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connections.goaway(GOAWAY_RECONNECT_MS), deadline_s)
+            end = report.started + deadline_s
+            await flush_buffer(report, self.forwarder, self.config.runner.id, end)
+        except BaseException as e:
+            report.state, report.error = "failed", type(e).__name__
+            raise
+        finally:
+            report.finished = time.monotonic()
+            self.drain_done.set()
+        log.info(EV_DRAINED, **report.outcome())
+        self.audit.record("drain.finished", **report.outcome())
+        return report.remaining_entries
 
     async def stop(self) -> None:
         """Close listeners, then sessions, the engine, policy sync, forwarder, buffer and Redis.
@@ -461,7 +508,9 @@ async def serve(
         await asyncio.wait({stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         drain_wait.cancel()
-        await runner.drain(runner.drain_deadline_s)
+        await runner.drain(
+            runner.drain_deadline_s, runner.drain_spill, runner.drain_spill_deadline_s
+        )
     finally:
         await runner.stop()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,12 +9,14 @@ import orjson
 import typer
 
 from runner import __version__
+from runner.admin.client import AdminClient, AdminSetupError, AdminUnreachable
 from runner.cliopts import ConfigOption
 from runner.config import Config, load_config
 from runner.errors import ConfigError, StartupError
 from runner.forward.cli import chunks_app, dlq_app
 from runner.policy.cli import policy_app
 from runner.redact.cli import detokenize
+from runner.redact.rotate import pii_app
 from runner.security.cli import certs_app
 
 app = typer.Typer(
@@ -61,33 +62,24 @@ def version() -> None:
     typer.echo(__version__)
 
 
-class _Unreachable(Exception):
-    """Nothing answers on the admin listener."""
-
-
-def _admin_request(cfg: Config, method: str, path: str, quiet: bool = False) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    host, _, port = cfg.admin.listen.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard bind is reached on loopback
-        host = "127.0.0.1"
-    token = os.environ.get("RUNNER_ADMIN_TOKEN") or cfg.admin.resolved_token()
-    request = urllib.request.Request(
-        f"http://{host}:{port}{path}",
-        method=method,
-        headers={"Authorization": f"Bearer {token}"},
-    )
+def _client(cfg: Config) -> AdminClient:
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, orjson.loads(e.read() or b"{}")
-    except OSError as e:
-        if quiet:
-            raise _Unreachable from e
-        typer.echo(f"the Runner is not reachable on {host}:{port} ({e})", err=True)
+        return AdminClient.from_config(cfg)
+    except AdminSetupError as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _admin_request(client: AdminClient, method: str, path: str) -> tuple[int, Any]:
+    try:
+        code, body = client.request(method, path)
+    except AdminUnreachable as e:
+        typer.echo(f"the Runner is not reachable at {client.base}: {e}", err=True)
         raise typer.Exit(3) from None
+    if code == 401:
+        typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
+        raise typer.Exit(4)
+    return code, body
 
 
 @app.command()
@@ -97,11 +89,9 @@ def status(
 ) -> None:
     """Show whether the Runner is healthy and keeping up; exit 1 when not ready."""
     cfg = _load(config)
-    code, body = _admin_request(cfg, "GET", "/admin/status")
-    if code == 401:
-        typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
-        raise typer.Exit(4)
-    ready_code, ready = _admin_request(cfg, "GET", "/readyz")
+    client = _client(cfg)
+    _, body = _admin_request(client, "GET", "/admin/status")
+    ready_code, ready = _admin_request(client, "GET", "/readyz")
     body["ready"] = ready_code == 200
     body["not_ready"] = ready.get("failed", {})
     if as_json:
@@ -117,33 +107,76 @@ def status(
 @app.command()
 def drain(
     config: ConfigOption = None,
-    deadline: Annotated[float, typer.Option(help="Seconds to finish in-flight work.")] = 60.0,
+    deadline: Annotated[
+        float, typer.Option(help="Seconds to forward the buffer and finish in-flight work.")
+    ] = 60.0,
+    spill: Annotated[
+        bool | None,
+        typer.Option(
+            "--spill/--no-spill",
+            help="After the deadline, move what the cloud has not taken to the dead-letter "
+            "store (with a manifest) instead of leaving it in Redis. Default: [forward] "
+            "drain_spill.",
+            show_default=False,
+        ),
+    ] = None,
+    spill_deadline: Annotated[
+        float | None,
+        typer.Option(help="Seconds the spill may take. Default: [forward] spill_deadline_s."),
+    ] = None,
 ) -> None:
-    """Ask the running Runner to drain: go unready, send goaway, finish in-flight batches."""
-    import time
+    """Drain the running Runner: go unready, send goaway, forward (or spill) the buffer, stop."""
+    from runner.admin.render import render_drain_progress, render_drain_result
 
     cfg = _load(config)
-    code, body = _admin_request(cfg, "POST", f"/admin/drain?deadline_s={deadline}")
-    if code == 401:
-        typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
-        raise typer.Exit(4)
-    if code >= 300:
-        typer.echo(f"drain refused: {body}", err=True)
+    client = _client(cfg)
+    query = f"deadline_s={deadline}&wait=true"
+    if spill is not None:
+        query += f"&spill={str(spill).lower()}"
+    if spill_deadline is not None:
+        query += f"&spill_deadline_s={spill_deadline}"
+    try:
+        code, kind, lines = client.lines("POST", f"/admin/drain?{query}")
+        if code == 401:
+            typer.echo("the admin token was refused (set RUNNER_ADMIN_TOKEN)", err=True)
+            raise typer.Exit(4)
+        if code >= 300:
+            answer: dict[str, Any] = next(lines, {})
+            typer.echo(f"drain refused: {answer.get('error', code)}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"draining (deadline {deadline:g} s)")
+        result: dict[str, Any] | None = None
+        if kind == "application/x-ndjson":
+            for line in lines:
+                if "progress" in line:
+                    typer.echo(render_drain_progress(line["progress"]))
+                elif "result" in line:
+                    result = line["result"]
+    except AdminUnreachable as e:
+        typer.echo(f"the Runner is not reachable at {client.base}: {e}", err=True)
+        raise typer.Exit(3) from None
+    if result is not None:
+        typer.echo(render_drain_result(result))
+    if not _stopped(client, deadline + 60):
+        typer.echo("the Runner is still running after the deadline", err=True)
         raise typer.Exit(1)
-    typer.echo(f"draining (deadline {deadline:.0f} s)")
-    end = time.monotonic() + deadline + 30
+    typer.echo("drained: the Runner has stopped")
+    if result is not None and result.get("state") == "failed":
+        raise typer.Exit(1)
+
+
+def _stopped(client: AdminClient, within_s: float) -> bool:
+    """Poll until the admin listener stops answering (the Runner exits after a drain)."""
+    import time
+
+    end = time.monotonic() + within_s
     while time.monotonic() < end:
         try:
-            _, state = _admin_request(cfg, "GET", "/admin/status", quiet=True)
-        except _Unreachable:
-            typer.echo("drained: the Runner has stopped")
-            return
-        sessions = sum(state.get("sessions", {}).values())
-        buffered = state.get("buffer", {}).get("bytes_total", 0)
-        typer.echo(f"  sessions open: {sessions}, buffered bytes: {buffered}")
-        time.sleep(1.0)  # progress display interval of an interactive command
-    typer.echo("the Runner is still running after the deadline", err=True)
-    raise typer.Exit(1)
+            client.request("GET", "/healthz")
+        except AdminUnreachable:
+            return True
+        time.sleep(0.5)  # poll interval of an interactive command, inside a deadline
+    return False
 
 
 app.add_typer(policy_app, name="policy")
@@ -151,6 +184,7 @@ app.command("detokenize")(detokenize)
 app.add_typer(certs_app, name="certs")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(chunks_app, name="chunks")
+app.add_typer(pii_app, name="pii")
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

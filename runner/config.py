@@ -22,6 +22,7 @@ from runner.ingest.rtc_settings import WebRtcSettings
 from runner.policy.settings import ControlPlaneSettings
 from runner.redact.settings import RedactSettings
 from runner.security.settings import (
+    AdminClientSettings,
     AuthThrottleSettings,
     JwtSettings,
     ListenerLimits,
@@ -68,6 +69,7 @@ class AdminSection(_Section):
     token_file: Path | None = None
     tls: TlsSettings = TlsSettings()
     limits: ListenerLimits = ListenerLimits()
+    client: AdminClientSettings = AdminClientSettings()
 
     def resolved_token(self) -> str:
         """The admin token: `token` (or RUNNER_ADMIN_TOKEN), else the first line of token_file."""
@@ -175,7 +177,16 @@ def _secret_env_names(data: Mapping[str, Any]) -> set[str]:
     names = {f.default for s in Config.model_fields.values() for f in _fields(s.annotation)}
     for section in data.values():
         if isinstance(section, dict):
-            names |= {v for k, v in section.items() if k.endswith("_env") and isinstance(v, str)}
+            names |= _configured_env_names(section)
+    return names
+
+
+def _configured_env_names(table: Mapping[str, Any]) -> set[str]:
+    """`*_env` values of a table and of the tables inside it (e.g. `[dlq.at_rest] keys_env`)."""
+    names = {v for k, v in table.items() if k.endswith("_env") and isinstance(v, str)}
+    for value in table.values():
+        if isinstance(value, dict):
+            names |= _configured_env_names(value)
     return names
 
 

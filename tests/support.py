@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -234,10 +235,17 @@ class RunnerProcess:
         admin_token: str = "admin-secret",
         forward: bool = False,
         cloud_endpoint: str = "",
+        *,
+        admin_host: str = "127.0.0.1",
+        admin_ssl: ssl.SSLContext | None = None,
+        extra_toml: str = "",
     ) -> None:
+        """`admin_ssl`: how the readiness probe reaches an admin listener with `[admin.tls]`;
+        `extra_toml`: tables appended to runner.toml (e.g. `[admin.tls]`)."""
         self.data_dir = tmp / "data"
         self.port = free_port()
         self.admin_port = free_port()
+        self.admin_ssl = admin_ssl
         self.config = tmp / "runner.toml"
         self.config.write_text(
             f"""
@@ -246,7 +254,7 @@ data_dir = "{self.data_dir}"
 [ingest]
 listen = "127.0.0.1:{self.port}"
 [admin]
-listen = "127.0.0.1:{self.admin_port}"
+listen = "{admin_host}:{self.admin_port}"
 token = "{admin_token}"
 [pii]
 workers = 1
@@ -262,7 +270,7 @@ max_attempts = 1000
 id = "web"
 tenant = "{TENANT}"
 api_keys = ["{API_KEY}"]
-"""
+{extra_toml}"""
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "runner.log"
@@ -282,13 +290,16 @@ api_keys = ["{API_KEY}"]
                 stderr=log,
             )
 
+        scheme = "https" if self.admin_ssl is not None else "http"
+        readyz = f"{scheme}://127.0.0.1:{self.admin_port}/readyz"
+
         async def ready() -> bool:
             assert self.proc is not None
             assert self.proc.poll() is None, f"runner serve exited: {self.log.read_text()[-2000:]}"
             try:
                 async with (
                     aiohttp.ClientSession() as http,
-                    http.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response,
+                    http.get(readyz, ssl=self.admin_ssl or True) as response,
                 ):
                     return response.status == 200
             except aiohttp.ClientError:

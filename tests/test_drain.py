@@ -96,3 +96,47 @@ async def test_runner_status_command_shows_state_and_json(tmp_path: Path) -> Non
         await sdk.close()
     finally:
         runner.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_runner_drain_spill_command_reports_forwarded_spilled_and_left(
+    tmp_path: Path,
+) -> None:
+    """`runner drain --spill`, cloud down: progress, then spilled/left counts; exit 0."""
+    from tests.support import free_port
+
+    runner = RunnerProcess(tmp_path, forward=True, cloud_endpoint=f"http://127.0.0.1:{free_port()}")
+    await runner.start()
+    env = {"RUNNER_ADMIN_TOKEN": "admin-secret", "PATH": "/usr/bin:/bin"}
+    try:
+        sdk = Sdk(runner.url, "s-drain-spill")
+        await sdk.connect()
+        for seq in (1, 2, 3):
+            assert (await sdk.batch(seq))["type"] == "ack"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runner.cli", "drain", "--deadline", "2", "--spill",
+            "--config", str(runner.config),
+            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await expect_goaway(sdk)
+        out, err = await asyncio.wait_for(cli.communicate(), 120)
+        assert cli.returncode == 0, err.decode()
+        assert runner.proc is not None
+        assert await asyncio.to_thread(runner.proc.wait, 60) == 0
+    finally:
+        runner.stop()
+    text = out.decode()
+    assert "forwarding: sessions open" in text  # at least one progress line
+    assert "spilled to the dead-letter store" in text
+    assert "3 entries, 9 events" in text
+    assert "manifest: spills/runner-1-" in text
+    assert "left in Redis: 0 entries" in text
+    assert "drained: the Runner has stopped" in text
+    listed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runner.cli", "dlq", "spills", "--config", str(runner.config),
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    spills, err = await asyncio.wait_for(listed.communicate(), 60)
+    assert listed.returncode == 0, err.decode()
+    assert b"1 spill manifest(s)" in spills
+    assert b"9 events" in spills

@@ -3,12 +3,19 @@
 Loopback by default. `/healthz` and `/readyz` are open (probes carry no
 token); `/admin/*` needs `Authorization: Bearer <admin token>`, compared in
 constant time.
+
+`POST /admin/drain?deadline_s=60[&spill=true][&spill_deadline_s=60][&wait=true]`
+answers `202` at once, or with `wait=true` a `200` stream of NDJSON lines: a
+`{"progress": …}` line every second while the drain runs, then one
+`{"result": …}` line with what was forwarded, spilled and left (`runner drain`
+prints them). The Runner stops after the drain either way.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -26,7 +33,13 @@ class Operable(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def request_drain(self, deadline_s: float) -> None: ...
+    def request_drain(
+        self, deadline_s: float, spill: bool | None, spill_deadline_s: float | None
+    ) -> bool: ...
+
+    async def drain_progress(self) -> dict[str, Any]: ...
+
+    async def wait_drained(self, timeout_s: float) -> bool: ...
 
     def metrics_text(self) -> bytes: ...
 
@@ -36,6 +49,39 @@ TOKEN_KEY: web.AppKey[str] = web.AppKey("admin_token")
 AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROGRESS_EVERY_S = 1.0
+MAX_DEADLINE_S = 86_400.0
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class BadQuery(ValueError):
+    """A query parameter that cannot be used; the message says which and why."""
+
+
+def _seconds(query: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_DEADLINE_S:
+        raise BadQuery(f"{name} must be between 0 and {MAX_DEADLINE_S:.0f} seconds")
+    return value
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise BadQuery(f"{name} must be true or false")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -79,16 +125,40 @@ async def status(request: web.Request) -> web.Response:
     return _json(request.app[OPERABLE_KEY].status())
 
 
-async def drain(request: web.Request) -> web.Response:
+async def drain(request: web.Request) -> web.StreamResponse:
+    """Start a drain; with `wait=true`, stream its progress and result as NDJSON."""
     if not _authorized(request):
         return _json({"error": "unauthorized"}, status=401)
     try:
-        deadline = float(request.query.get("deadline_s", "60"))
-    except ValueError:
-        return _json({"error": "deadline_s must be a number of seconds"}, status=400)
-    request.app[AUDIT_KEY].record("drain.requested", deadline_s=deadline, source=request.remote)
-    request.app[OPERABLE_KEY].request_drain(deadline)
-    return _json({"status": "draining", "deadline_s": deadline}, status=202)
+        deadline = _seconds(request.query, "deadline_s", 60.0)
+        spill = _flag(request.query, "spill")
+        spill_deadline = _seconds(request.query, "spill_deadline_s", None)
+        wait = bool(_flag(request.query, "wait"))
+    except BadQuery as e:
+        return _json({"error": str(e)}, status=400)
+    assert deadline is not None
+    if spill_deadline == 0:
+        return _json({"error": "spill_deadline_s must be more than 0 seconds"}, status=400)
+    operable = request.app[OPERABLE_KEY]
+    request.app[AUDIT_KEY].record(
+        "drain.requested", deadline_s=deadline, spill=spill, source=request.remote
+    )
+    started = operable.request_drain(deadline, spill, spill_deadline)
+    if not wait:
+        body = {"status": "draining", "deadline_s": deadline, "already_draining": not started}
+        return _json(body, status=202)
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    try:
+        while not await operable.wait_drained(PROGRESS_EVERY_S):
+            await response.write(
+                orjson.dumps({"progress": await operable.drain_progress()}) + b"\n"
+            )
+        await response.write(orjson.dumps({"result": await operable.drain_progress()}) + b"\n")
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client went away; the drain goes on regardless
+    return response
 
 
 def admin_app(operable: Operable, token: str, audit: AuditLog) -> web.Application:

@@ -12,7 +12,8 @@
 
 `<p>` is `[buffer] stream_prefix` (default `tf`). Stream entry fields:
 `sid` session id, `proj` project, `seq`, `pv` policy version, `n` event count,
-`t` receive time (ms), `ev` the redacted events as a JSON array (bytes).
+`t` receive time (ms), `ev` the redacted events as a JSON array (bytes), and,
+only when tracing is on, `tp` the W3C traceparent of the batch's span.
 A replayed dead letter is one entry `rp` (chunk id), `pv`, `n`, `t`, `body` (NDJSON).
 """
 

@@ -71,6 +71,9 @@ class Entry:
     policy_version: int
     count: int
     events: bytes
+    traceparent: str = ""
+    """W3C traceparent of the batch's `ingest.batch` span ("" when tracing is off); the
+    forwarder links its chunk span to it. Stored as the optional field `tp`."""
 
     @property
     def size(self) -> int:
@@ -235,6 +238,7 @@ class StreamBuffer:
 
     def _args(self, entry: Entry) -> list[str | bytes | int]:
         keys = self._keys
+        trace: list[str | bytes | int] = ["tp", entry.traceparent] if entry.traceparent else []
         return [
             keys.stream(entry.tenant),
             keys.seq(entry.tenant, entry.session_id),
@@ -257,6 +261,7 @@ class StreamBuffer:
             entry.count,
             "t",
             int(time.time() * 1000),
+            *trace,
             "ev",
             entry.events,
         ]

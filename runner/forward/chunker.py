@@ -47,6 +47,8 @@ class StreamEntry:
     body: bytes = b""
     malformed: bool = False
     """The entry could not be read; it goes to the dead-letter store as it is."""
+    traceparent: str = ""
+    """W3C traceparent of the batch's ingest span (field `tp`; "" when tracing was off)."""
 
     @property
     def size(self) -> int:
@@ -55,7 +57,7 @@ class StreamEntry:
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> StreamEntry:
-        """Read an entry written by the buffer (`sid proj seq pv n t ev`) or by a replay."""
+        """Read an entry written by the buffer (`sid proj seq pv n t [tp] ev`) or by a replay."""
         try:
             if b"rp" in fields:
                 return cls(
@@ -75,6 +77,7 @@ class StreamEntry:
                 count=int(fields[b"n"]),
                 received_ms=int(fields[b"t"]),
                 events=fields[b"ev"],
+                traceparent=fields.get(b"tp", b"").decode("ascii", errors="replace"),
             )
         except (KeyError, ValueError, UnicodeDecodeError) as e:
             raise MalformedEntry(f"stream entry {entry_id} is malformed ({e!r})") from e
@@ -124,6 +127,10 @@ class Chunk:
     @property
     def malformed(self) -> bool:
         return any(e.malformed for e in self.entries)
+
+    def traceparents(self) -> list[str]:
+        """The distinct batch traceparents of the entries, in stream order."""
+        return list(dict.fromkeys(e.traceparent for e in self.entries if e.traceparent))
 
     @property
     def replay_of(self) -> str:
@@ -179,6 +186,49 @@ def from_manifest(
         entries=tuple(entries[i] for i in ids),
     )
     return chunk, []
+
+
+@dataclass(slots=True)
+class Regrouped:
+    """Recovered entries sorted out: chunks rebuilt from their manifests, and the rest."""
+
+    chunks: list[Chunk]
+    """Rebuilt exactly (same entries, same id), oldest first."""
+    fresh: list[StreamEntry]
+    """Entries no complete manifest covers, in stream order: to be chunked afresh."""
+    partial: int
+    """Manifests of which some, but not all, entries were recovered."""
+    unmatched: dict[str, str]
+    """Manifests of which no entry was recovered: chunk id → its first entry id."""
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """Sort key of a stream entry id (`<ms>-<seq>`)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def regroup(
+    tenant: str, manifests: Mapping[str, bytes], entries: Mapping[str, StreamEntry]
+) -> Regrouped:
+    """Rebuild each recorded chunk whose entries were all recovered; the rest stay fresh."""
+    fresh = dict(entries)
+    rebuilt: list[Chunk] = []
+    partial = 0
+    unmatched: dict[str, str] = {}
+    for chunk_id, raw in manifests.items():
+        chunk, missing = from_manifest(tenant, raw, fresh)
+        if chunk is not None:
+            rebuilt.append(chunk)
+            for entry_id in chunk.ids:
+                del fresh[entry_id]
+        elif len(missing) < len(orjson.loads(raw)["ids"]):
+            partial += 1
+        else:
+            unmatched[chunk_id] = missing[0]
+    rebuilt.sort(key=lambda c: entry_id_key(c.entries[0].id))
+    rest = sorted(fresh.values(), key=lambda e: entry_id_key(e.id))
+    return Regrouped(rebuilt, rest, partial, unmatched)
 
 
 class ChunkBuilder:

@@ -2,15 +2,19 @@
 
     runner dlq list [--tenant T] [--reason R] [--json]
     runner dlq show ID [--payload]          metadata; the (redacted) events only with --payload
-    runner dlq replay ID… | --all [--tenant T]
+    runner dlq replay ID… | --all | --manifest SPILL_ID  [--tenant T]
+    runner dlq spills [SPILL_ID] [--json]   manifests written by `runner drain --spill`
     runner dlq purge ID… [--yes]
     runner chunks list [--tenant T] [--date YYYY-MM-DD] [--session S]
     runner chunks cat KEY                   the NDJSON of a local chunk
 
 They read `[dlq]` (and `[buffer]` for replay) from the same runner.toml as
-`runner serve`. Replay needs the Runner's Redis; with the embedded one, the
-Runner must be running. Exit codes: 2 bad configuration, 3 storage or Redis
-unreachable, 4 no such dead letter / chunk, 5 refused (replay while air-gapped).
+`runner serve`, and open sealed payloads with the same `[dlq.at_rest]` keyring
+(they never create one). Replay needs the Runner's Redis; with the embedded one,
+the Runner must be running. Exit codes: 2 bad configuration or no at-rest key,
+3 storage or Redis unreachable, 4 no such dead letter / chunk, 5 refused (replay
+while air-gapped), 6 a payload that does not open (its key was rotated out of
+the keyring, another keyring, tampered with, or unsealed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -32,12 +36,14 @@ from runner.buffer.embedded import EmbeddedRedis
 from runner.buffer.keys import Keys
 from runner.cliopts import ConfigOption
 from runner.config import Config, load_config
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StartupError
 from runner.forward.chunker import decompress
 from runner.forward.deadletter import DeadLetter, DeadLetters, replay
 from runner.forward.forwarder import settings_for
 from runner.forward.localsink import LocalSink
-from runner.forward.storage import ObjectNotFound, StoreUnavailable, open_store
+from runner.forward.sealed import ObjectUnreadable
+from runner.forward.spill import list_manifests, load_manifest
+from runner.forward.storage import ObjectNotFound, ObjectStore, StoreUnavailable, open_store
 
 T = TypeVar("T")
 
@@ -54,6 +60,8 @@ chunks_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+EXIT_UNREADABLE = 6
+
 TenantOption = Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")]
 
 
@@ -67,17 +75,27 @@ def _load(path: Path | None) -> Config:
 
 def _run(config: Config, work: Callable[[DeadLetters, LocalSink], Awaitable[T]]) -> T:
     """Open the configured store and run one coroutine against it, mapping failures to exits."""
+    return _run_store(config, lambda _, letters, sink: work(letters, sink))
+
+
+def _run_store(
+    config: Config, work: Callable[[ObjectStore, DeadLetters, LocalSink], Awaitable[T]]
+) -> T:
+    """`_run` for commands that also read the store itself (spill manifests)."""
     _, dlq, forward = settings_for(config)
 
     async def main() -> T:
         with ThreadPoolExecutor(dlq.io_workers, thread_name_prefix="cli-store") as io:
             try:
-                store = open_store(dlq, config.runner.data_dir, io, os.environ)
+                store = open_store(dlq, config.runner.data_dir, io, os.environ, operator=True)
             except ValueError as e:
                 typer.echo(f"configuration error: [dlq] {e}", err=True)
                 raise typer.Exit(2) from None
+            except StartupError as e:
+                typer.echo(f"configuration error: {e}", err=True)
+                raise typer.Exit(2) from None
             sink = LocalSink(store, forward, config.runner.id)
-            return await work(DeadLetters(store), sink)
+            return await work(store, DeadLetters(store), sink)
 
     try:
         return asyncio.run(main())
@@ -87,6 +105,9 @@ def _run(config: Config, work: Callable[[DeadLetters, LocalSink], Awaitable[T]])
     except ObjectNotFound as e:
         typer.echo(f"not found: {e}", err=True)
         raise typer.Exit(4) from None
+    except ObjectUnreadable as e:
+        typer.echo(f"cannot open: {e}", err=True)
+        raise typer.Exit(EXIT_UNREADABLE) from None
     except RedisError as e:
         typer.echo(f"Redis unreachable ({type(e).__name__}); is the Runner running?", err=True)
         raise typer.Exit(3) from None
@@ -109,7 +130,8 @@ def list_letters(
     config: ConfigOption = None,
     tenant: TenantOption = None,
     reason: Annotated[
-        str | None, typer.Option(help="Only this reason: rejected, exhausted, malformed.")
+        str | None,
+        typer.Option(help="Only this reason: rejected, exhausted, malformed, drain_spill."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -174,6 +196,14 @@ def _redis_url(cfg: Config) -> str:
 def replay_letters(
     ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest",
+            help="Replay the chunks one `runner drain --spill` listed (its spill id, as "
+            "`runner dlq spills` prints it).",
+        ),
+    ] = None,
     tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -183,28 +213,94 @@ def replay_letters(
     if cloud.air_gapped:
         typer.echo("no [cloud] endpoint is configured: there is nowhere to replay to", err=True)
         raise typer.Exit(5)
-    if not ids and not all_:
-        typer.echo("name dead letter ids, or pass --all", err=True)
+    if sum((bool(ids), all_, manifest is not None)) != 1:
+        typer.echo("name dead letter ids, or pass --all, or --manifest SPILL_ID", err=True)
         raise typer.Exit(2)
     url = _redis_url(cfg)
     keys = Keys(cfg.buffer.stream_prefix)
 
-    async def work(letters: DeadLetters, _: LocalSink) -> list[tuple[str, str]]:
-        chosen = (
-            await letters.list(tenant)
-            if all_
-            else [await letters.get(i, tenant) for i in ids or []]
-        )
+    async def work(
+        store: ObjectStore, letters: DeadLetters, _: LocalSink
+    ) -> tuple[list[tuple[str, str]], int]:
+        if manifest is not None:
+            chosen = await _spilled_letters(store, letters, manifest, tenant)
+        elif all_:
+            chosen = await letters.list(tenant)
+        else:
+            chosen = [await letters.get(i, tenant) for i in ids or []]
+        done: list[tuple[str, str]] = []
+        unreadable = 0
         redis = Redis.from_url(url, socket_timeout=10)
         try:
-            return [(letter.id, await replay(redis, keys, letters, letter)) for letter in chosen]
+            for letter in chosen:
+                try:
+                    done.append((letter.id, await replay(redis, keys, letters, letter)))
+                except ObjectUnreadable as e:  # one letter whose key is gone: say so, go on
+                    unreadable += 1
+                    typer.echo(f"cannot open: {e}", err=True)
         finally:
             await redis.aclose()
+        return done, unreadable
 
-    done = _run(cfg, work)
+    done, unreadable = _run_store(cfg, work)
     for letter_id, entry_id in done:
         typer.echo(f"replayed {letter_id} as stream entry {entry_id}")
     typer.echo(f"{len(done)} dead letter(s) re-queued")
+    if unreadable:
+        typer.echo(f"{unreadable} dead letter(s) could not be opened", err=True)
+        raise typer.Exit(EXIT_UNREADABLE)
+
+
+async def _spilled_letters(
+    store: ObjectStore, letters: DeadLetters, spill_id: str, tenant: str | None
+) -> list[DeadLetter]:
+    """The dead letters a spill manifest lists that are still in the store."""
+    chosen = []
+    gone = 0
+    for chunk in (await load_manifest(store, spill_id)).get("chunks", []):
+        if tenant and chunk["tenant"] != tenant:
+            continue
+        try:
+            chosen.append(await letters.get(chunk["chunk_id"], chunk["tenant"]))
+        except ObjectNotFound:
+            gone += 1  # replayed and delivered since, or purged
+    if gone:
+        typer.echo(f"{gone} chunk(s) of {spill_id} are no longer in the store (replayed or purged)")
+    return chosen
+
+
+@dlq_app.command("spills")
+def list_spills(
+    spill_id: Annotated[
+        str | None, typer.Argument(metavar="[SPILL_ID]", help="Print this manifest whole.")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List the manifests `runner drain --spill` wrote, or print one: what a drain spilled."""
+    cfg = _load(config)
+
+    async def work(store: ObjectStore, _: DeadLetters, __: LocalSink) -> list[dict[str, Any]]:
+        if spill_id is not None:
+            return [await load_manifest(store, spill_id)]
+        return [await load_manifest(store, found) for found in await list_manifests(store)]
+
+    found = _run_store(cfg, work)
+    if spill_id is not None:
+        typer.echo(orjson.dumps(found[0], option=orjson.OPT_INDENT_2).decode())
+        return
+    for m in found:
+        row = {k: m.get(k) for k in ("spill_id", "runner_id", "finished_at", "complete")}
+        row.update(m.get("totals", {}))
+        if as_json:
+            typer.echo(orjson.dumps(row).decode())
+        else:
+            typer.echo(
+                f"{row['spill_id']}  {row['finished_at']}  {row.get('chunks', 0)} chunks  "
+                f"{row.get('events', 0)} events" + ("" if row["complete"] else "  (incomplete)")
+            )
+    if not as_json:
+        typer.echo(f"{len(found)} spill manifest(s)")
 
 
 @dlq_app.command()

@@ -2,8 +2,9 @@
 
 Layout (in the folder under data_dir, or under the s3:// prefix):
 
-    dlq/<tenant>/<chunk_id>.zst    the chunk exactly as it was sent (zstd NDJSON)
-    dlq/<tenant>/<chunk_id>.json   metadata: reason, last status, attempts, first/last
+    dlq/<tenant>/<chunk_id>.zst    the chunk exactly as it was sent (zstd NDJSON), sealed
+                                   (AES-256-GCM, bound to this name; see sealed.py)
+    dlq/<tenant>/<chunk_id>.json   metadata, clear: reason, last status, attempts, first/last
                                    failure, tenant, policy version, counts, replays
 
 The payload is written first and the metadata last, so a letter is listed only

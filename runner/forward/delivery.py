@@ -17,6 +17,11 @@ Redis and `StoreHealth` tells readiness why.
 Attempts refused by the open circuit are not made, so they do not count; a
 failed probe does not count against its chunk either (the cloud is down, not
 the chunk), but the chunk's age still does.
+
+`spill(state, chunk)` is the drain's way out (`runner drain --spill`): the chunk
+goes to the dead-letter store at once with reason `drain_spill`.
+
+Each delivery, whatever its end, is one `forward.chunk` span (`spans.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from concurrent.futures import Executor
 from typing import TypeVar
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from runner.forward.chunker import Chunk, MalformedEntry, encode, encode_raw
 from runner.forward.deadletter import (
@@ -43,6 +50,7 @@ from runner.forward.localsink import LocalSink
 from runner.forward.pipeline import TenantState, reraise_if_cancelling
 from runner.forward.sender import Backoff, CircuitBreaker, CloudSender, Outcome, SendResult
 from runner.forward.settings import CloudSettings, ForwardSettings
+from runner.forward.spans import chunk_span, finish, header_for, record_attempt
 from runner.forward.storage import ObjectNotFound, StoreUnavailable
 from runner.policy.store import PolicyStore
 
@@ -57,6 +65,9 @@ EV_STORE_RECOVERED = "forward.store_recovered"
 EV_STORED_LOCALLY = "forward.stored_locally"
 EV_REPLAY_DELIVERED = "forward.replay_delivered"
 EV_MALFORMED = "forward.malformed_chunk"
+
+REASON_SPILLED = "drain_spill"
+"""A drain with `--spill` could not forward the chunk by its deadline (a dead-letter reason)."""
 
 T = TypeVar("T")
 
@@ -111,6 +122,7 @@ class Delivery:
         sink: LocalSink,
         encoder: Executor,
         health: StoreHealth,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._runner_id = runner_id
         self._cloud = cloud
@@ -122,6 +134,7 @@ class Delivery:
         self._sink = sink
         self._encoder = encoder
         self._health = health
+        self._tracer = tracer or trace.NoOpTracer()
         self._backoff = Backoff(
             cloud.backoff_initial_s, cloud.backoff_max_s, cloud.retry_after_max_s
         )
@@ -134,28 +147,56 @@ class Delivery:
 
     async def __call__(self, state: TenantState, chunk: Chunk) -> None:
         state.local = self.local(chunk.tenant)
+        with chunk_span(self._tracer, chunk) as span:
+            result, error = await self._route(state, chunk, span)
+            finish(span, result, chunk, error)
+
+    async def _route(self, state: TenantState, chunk: Chunk, span: Span) -> tuple[str, str]:
+        """Deliver the chunk; returns how it ended (sent, local, dead_lettered) and why not sent."""
         if chunk.malformed:
             await self._malformed(state, chunk)
-            return
+            return "dead_lettered", REASON_MALFORMED
         if state.local:
             await self._store_locally(state, chunk)
-            return
+            return "local", ""
         if not chunk.body:
             try:
                 chunk.body = await self._run(encode, chunk)
             except MalformedEntry:
                 await self._malformed(state, chunk)
-                return
-        await self._send(state, chunk)
+                return "dead_lettered", REASON_MALFORMED
+        return await self._send(state, chunk, span)
+
+    async def spill(self, state: TenantState, chunk: Chunk) -> str:
+        """Dead-letter a chunk a drain could not forward in time; returns the reason recorded.
+
+        The reason is `drain_spill`, or `malformed` for entries that cannot be encoded. Like
+        every store write it retries until the store holds the chunk durably; the caller
+        bounds it with its deadline.
+        """
+        with chunk_span(self._tracer, chunk) as span:
+            reason = REASON_MALFORMED if chunk.malformed else REASON_SPILLED
+            if reason == REASON_SPILLED and not chunk.body:
+                try:
+                    chunk.body = await self._run(encode, chunk)
+                except MalformedEntry:
+                    reason = REASON_MALFORMED
+            if reason == REASON_MALFORMED:
+                chunk.body = await self._run(encode_raw, chunk)
+            await self._dead_letter(state, chunk, reason, Attempts())
+            finish(span, "spilled", chunk)
+        return reason
 
     async def _run(self, fn: Callable[[Chunk, str, int], bytes], chunk: Chunk) -> bytes:
         loop = asyncio.get_running_loop()
         level = self._settings.zstd_level
         return await loop.run_in_executor(self._encoder, fn, chunk, self._runner_id, level)
 
-    async def _send(self, state: TenantState, chunk: Chunk) -> None:
+    async def _send(self, state: TenantState, chunk: Chunk, span: Span) -> tuple[str, str]:
         assert self._sender is not None
         attempts = Attempts()
+        header = header_for(span)
+        tries = 0
         while True:
             pause = state.paused_until - time.monotonic()
             if pause > 0:
@@ -164,14 +205,19 @@ class Delivery:
             probe = await self._breaker.acquire()
             result: SendResult | None = None
             try:
-                result = await self._sender.send(chunk)
+                result = await self._sender.send(chunk, header)
             finally:
                 await self._breaker.record(probe, result)
+            tries += 1
+            record_attempt(span, tries, result, probe)
+            span.set_attribute("traceflow.attempts", tries)
+            if result.status is not None:
+                span.set_attribute("http.response.status_code", result.status)
             if result.outcome is Outcome.ACCEPTED:
                 self._accepted(state, chunk, result)
                 if chunk.replay_of:
                     await self._forget_letter(chunk)
-                return
+                return "sent", ""
             state.note_error(result.error, result.status)
             if result.outcome is Outcome.AUTH:
                 state.auth_failures += 1
@@ -186,11 +232,11 @@ class Delivery:
             if result.outcome is Outcome.PERMANENT:
                 attempts.failed(result, counted=True)
                 await self._dead_letter(state, chunk, REASON_REJECTED, attempts)
-                return
+                return "dead_lettered", REASON_REJECTED
             attempts.failed(result, counted=not probe)
             if attempts.exhausted(self._cloud):
                 await self._dead_letter(state, chunk, REASON_EXHAUSTED, attempts)
-                return
+                return "dead_lettered", REASON_EXHAUSTED
             await self._wait_to_retry(state, chunk, attempts, result)
 
     def _accepted(self, state: TenantState, chunk: Chunk, result: SendResult) -> None:

@@ -3,8 +3,10 @@
 Lifecycle: the constructor only stores; `start()` opens the executors, the
 storage and the HTTP client and starts one supervised pipeline per tenant
 (found in `<p>:tenants`); `flush(deadline_s)` stops claiming new entries and
-lets in-flight chunks finish; `stop()` cancels the rest (it stays pending in
-Redis and is sent again after the next start).
+lets in-flight chunks finish; `spill(deadline_s, report)` (a drain with
+`--spill`) stops the pipelines and moves what is left to the dead-letter store
+(spill.py); `stop()` cancels the rest (it stays pending in Redis and is sent
+again after the next start).
 
     tenants set ──▶ one TenantPipeline per tenant (pipeline.py: read, chunk, order, ack)
                           └──▶ Delivery (delivery.py: send / retry / pause / DLQ / local)
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from opentelemetry import trace
 from prometheus_client.core import Metric
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -42,7 +45,8 @@ from runner.forward.pipeline import TenantPipeline, TenantState, reraise_if_canc
 from runner.forward.reader import TenantStream
 from runner.forward.sender import CircuitBreaker, CloudSender
 from runner.forward.settings import CloudSettings, DlqSettings, ForwardSettings
-from runner.forward.storage import StoreUnavailable, open_store
+from runner.forward.spill import Spiller, SpillReport
+from runner.forward.storage import ObjectStore, StoreUnavailable, open_store
 from runner.policy.store import PolicyStore
 
 log = structlog.get_logger(__name__)
@@ -91,6 +95,7 @@ class Forwarder:
         dlq: DlqSettings | None = None,
         settings: ForwardSettings | None = None,
         environ: Mapping[str, str] | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         own_cloud, own_dlq, own_forward = settings_for(config)
         self._redis = redis
@@ -101,6 +106,7 @@ class Forwarder:
         self.dlq_settings = dlq or own_dlq
         self.settings = settings or own_forward
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._tracer = tracer or trace.NoOpTracer()
         self.runner_id = config.runner.id
         self._data_dir: Path = config.runner.data_dir
         self._breaker = CircuitBreaker(
@@ -109,6 +115,7 @@ class Forwarder:
         self._sender: CloudSender | None = None
         self._encoder: ThreadPoolExecutor | None = None
         self._io: ThreadPoolExecutor | None = None
+        self._store: ObjectStore | None = None
         self._dlq: DeadLetters | None = None
         self._sink: LocalSink | None = None
         self._main: asyncio.Task[None] | None = None
@@ -137,6 +144,7 @@ class Forwarder:
             store = open_store(self.dlq_settings, self._data_dir, self._io, self._environ)
         except ValueError as e:
             raise StartupError(f"[dlq]: {e}") from e
+        self._store = store
         self._dlq = DeadLetters(store)
         self._sink = LocalSink(store, self.settings, self.runner_id, self._encoder)
         if not self.cloud.air_gapped:
@@ -153,6 +161,7 @@ class Forwarder:
             sink=self._sink,
             encoder=self._encoder,
             health=self._store_health,
+            tracer=self._tracer,
         )
         await self._check_store()
         await self._count_letters()
@@ -167,6 +176,19 @@ class Forwarder:
 
     async def stop(self) -> None:
         """Cancel whatever is still running; unacknowledged entries stay pending in Redis."""
+        await self._halt()
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
+        for executor in (self._encoder, self._io):
+            if executor is not None:
+                # Waiting for a blocking storage call must not block the event loop.
+                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        self._encoder = self._io = None
+        log.info(EV_STOPPED)
+
+    async def _halt(self) -> None:
+        """Cancel the pipelines (what they held stays pending in Redis); storage stays open."""
         self._claiming = False
         if self._main is not None:
             self._main.cancel()
@@ -179,15 +201,6 @@ class Forwarder:
             except Exception:  # noqa: BLE001, S110 - already logged by _main_done
                 pass
             self._main = None
-        if self._sender is not None:
-            await self._sender.close()
-            self._sender = None
-        for executor in (self._encoder, self._io):
-            if executor is not None:
-                # Waiting for a blocking storage call must not block the event loop.
-                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        self._encoder = self._io = None
-        log.info(EV_STOPPED)
 
     async def flush(self, deadline_s: float) -> int:
         """Stop claiming, let in-flight chunks finish; returns entries still unacknowledged here."""
@@ -202,6 +215,43 @@ class Forwarder:
                 return remaining
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), left)
+
+    async def spill(self, deadline_s: float, report: SpillReport) -> SpillReport:
+        """Stop forwarding; put every entry this Runner may take in the dead-letter store.
+
+        For a drain with `--spill`, after `flush`. Each chunk is acknowledged only once the
+        store holds it; what is not spilled by the deadline stays in Redis. Air-gapped, there
+        is nothing to spill (the local store is the chunks' home): the report says so.
+        """
+        if self.cloud.air_gapped:
+            report.skipped["*"] = "air-gapped: chunks stay in local storage; nothing to spill"
+            return report
+        await self._halt()
+        assert self._delivery is not None
+        assert self._store is not None
+        try:
+            tenants = await self._tenant_names()
+        except RedisError as e:
+            report.error = f"Redis: {type(e).__name__}"
+            return report
+        spiller = Spiller(
+            streams=self._stream,
+            states=lambda tenant: self._tenants.setdefault(tenant, TenantState(tenant)),
+            delivery=self._delivery,
+            settings=self.settings,
+            store=self._store,
+            report=report,
+        )
+        return await spiller.run(tenants, deadline_s)
+
+    def totals(self) -> dict[str, int]:
+        """Counters over every tenant since start: chunks and events delivered, dead letters."""
+        states = self._tenants.values()
+        return {
+            "chunks": sum(t.chunks_sent + t.chunks_local for t in states),
+            "events": sum(t.events_sent for t in states),
+            "dead_lettered": sum(t.chunks_dead_lettered for t in states),
+        }
 
     async def run_until_empty(self, deadline_s: float) -> int:
         """Burst mode: wait until every tenant stream is acknowledged; returns what is left."""

@@ -7,8 +7,10 @@ data_dir, or the s3:// bucket), laid out for people and retention:
     chunks/<tenant>/<YYYY-MM-DD>/<session_id>/<chunk_id>.ndjson.zst   (layout tenant/date/session)
     chunks/<tenant>/<YYYY-MM-DD>/<chunk_id>.ndjson.zst                (layout tenant/date)
 
-Each object is a PROTOCOL §2 chunk (header line, then one line per event);
-with the per-session layout the header's `count` is that session's share.
+Each object is a PROTOCOL §2 chunk (header line, then one line per event),
+sealed by the store (AES-256-GCM, bound to its name; see sealed.py), so read it
+with `runner chunks cat`; with the per-session layout the header's `count` is
+that session's share.
 The date is the UTC day the first entry reached the Runner. Object names
 come from the chunk id, so writing a chunk again after a crash replaces it.
 Retention per tenant comes from the policy's `retention_days`.

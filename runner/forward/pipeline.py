@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from runner.forward.chunker import Chunk, ChunkBuilder, StreamEntry, from_manifest
+from runner.forward.chunker import Chunk, ChunkBuilder, StreamEntry, entry_id_key, regroup
 from runner.forward.reader import TenantStream
 from runner.forward.sender import Backoff
 from runner.forward.settings import CloudSettings, ForwardSettings
@@ -51,11 +50,6 @@ def reraise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -278,7 +272,7 @@ class TenantPipeline:
         """Keep our own pending entries marked alive, then take over entries others abandoned."""
         s = self._settings
         if self._held:
-            held = sorted(self._held, key=_id_key)
+            held = sorted(self._held, key=entry_id_key)
             await self._redis("touch", lambda: self.stream.touch(held))
         claimed = await self._redis(
             "autoclaim",
@@ -292,25 +286,19 @@ class TenantPipeline:
         if not fresh:
             return
         manifests: dict[str, bytes] = await self._redis("manifests", self.stream.manifests)
-        rebuilt: list[Chunk] = []
+        found = regroup(self.stream.tenant, manifests, fresh)
+        if found.partial:
+            log.warning(EV_MANIFEST_PARTIAL, tenant=self.stream.tenant, missing=found.partial)
         stale: list[str] = []
-        for chunk_id, raw in manifests.items():
-            chunk, missing = from_manifest(self.stream.tenant, raw, fresh)
-            if chunk is not None:
-                rebuilt.append(chunk)
-                for entry_id in chunk.ids:
-                    del fresh[entry_id]
-            elif len(missing) < len(_manifest_ids(raw)):
-                log.warning(EV_MANIFEST_PARTIAL, tenant=self.stream.tenant, missing=len(missing))
-            elif not await self._redis("exists", partial(self.stream.exists, missing[0])):
+        for chunk_id, first in found.unmatched.items():
+            if not await self._redis("exists", partial(self.stream.exists, first)):
                 stale.append(chunk_id)  # every entry is gone: an old, finished chunk
         if stale:
             await self._redis("forget", lambda: self.stream.forget_manifests(stale))
-        rebuilt.sort(key=lambda c: _id_key(c.entries[0].id))
-        for chunk in rebuilt:
+        for chunk in found.chunks:
             self._hold(chunk.ids)
             await self._queue.put(chunk)
-        await self._take(sorted(fresh.values(), key=lambda e: _id_key(e.id)))
+        await self._take(found.fresh)
 
     # -- delivering ----------------------------------------------------------------
 
@@ -341,8 +329,3 @@ class TenantPipeline:
             self._slots.release()
             self._queue.task_done()
             self._progress()
-
-
-def _manifest_ids(raw: bytes) -> list[str]:
-    ids: list[str] = orjson.loads(raw)["ids"]
-    return ids

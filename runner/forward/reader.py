@@ -140,8 +140,8 @@ class TenantStream:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def read_new(self, count: int, block_ms: int) -> Entries:
-        """Entries never delivered to any consumer (XREADGROUP `>`)."""
+    async def read_new(self, count: int, block_ms: int | None) -> Entries:
+        """Entries never delivered to any consumer (XREADGROUP `>`); None = do not block."""
         try:
             reply = await self._redis.xreadgroup(
                 FORWARD_GROUP, self._consumer, {self._stream: ">"}, count=count, block=block_ms

@@ -97,7 +97,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def traceparent(chunk_id: str) -> str:
-    """A W3C traceparent: the trace id is the chunk id (stable across retries), a new span each."""
+    """A W3C traceparent for when tracing is off: the chunk id as trace id, a new span each.
+
+    With tracing on, the header carries the chunk span's context instead (`spans.py`).
+    """
     trace_id = chunk_id[:32].rjust(32, "0")
     if set(trace_id) == {"0"}:
         trace_id = secrets.token_hex(16)
@@ -259,7 +262,8 @@ class CloudSender:
             await self._session.close()
             self._session = None
 
-    def headers(self, chunk: Chunk) -> dict[str, str]:
+    def headers(self, chunk: Chunk, trace_header: str | None = None) -> dict[str, str]:
+        """The §2 headers; `trace_header` is the chunk span's traceparent when tracing is on."""
         headers = {
             "Content-Type": "application/x-ndjson",
             "Content-Encoding": "zstd",
@@ -267,13 +271,13 @@ class CloudSender:
             "X-TraceFlow-Runner": self._runner_id,
             "X-TraceFlow-Tenant": chunk.tenant,
             "X-TraceFlow-Policy-Version": str(chunk.policy_version),
-            "traceparent": traceparent(chunk.chunk_id),
+            "traceparent": trace_header or traceparent(chunk.chunk_id),
         }
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    async def send(self, chunk: Chunk) -> SendResult:
+    async def send(self, chunk: Chunk, trace_header: str | None = None) -> SendResult:
         """One attempt. Never raises for network trouble: that is a `RETRY` result."""
         if self._session is None:
             raise RuntimeError("CloudSender.send before start()")
@@ -281,7 +285,7 @@ class CloudSender:
             async with self._session.post(
                 self._settings.chunks_url,
                 data=chunk.body,
-                headers=self.headers(chunk),
+                headers=self.headers(chunk, trace_header),
                 allow_redirects=False,
             ) as response:
                 # Read (and bound) the body so the connection goes back to the pool.

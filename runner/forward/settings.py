@@ -5,8 +5,8 @@ are errors. Secrets never sit in these objects as plain strings that a repr
 would print: the cloud token is a `SecretStr`, and S3 credentials and SSE-C
 keys are read from environment variables named here, at start-up.
 
-This module imports nothing from the rest of the Runner, so `runner.config`
-can import it without a cycle.
+This module imports nothing from the rest of the Runner but the (dependency-free)
+security settings, so `runner.config` can import it without a cycle.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from runner.security.settings import AtRestSettings
 
 ENV_NAME = r"^([A-Za-z_][A-Za-z0-9_]{0,127})?$"
 
@@ -126,6 +128,9 @@ class DlqSettings(_Section):
     io_workers: int = Field(default=4, ge=1, le=64)
     """Threads that run blocking storage calls (minio, file writes with fsync)."""
     health_interval_s: float = Field(default=5.0, gt=0)
+    at_rest: AtRestSettings = AtRestSettings()
+    """`[dlq.at_rest]`: the keyring that seals every payload object (client-side AES-256-GCM,
+    so neither the folder nor the S3 server ever holds a chunk in the clear)."""
 
     @field_validator("url")
     @classmethod
@@ -208,6 +213,11 @@ class ForwardSettings(_Section):
     """Air-gapped object layout: one object per session and chunk, or one per chunk."""
     retention_interval_s: float = Field(default=3600.0, gt=0)
     """How often retention (from each tenant's `retention_days`) is applied to local storage."""
+    drain_spill: bool = False
+    """A drain (SIGTERM, or `runner drain` without `--spill`/`--no-spill`) moves what the cloud
+    has not taken by the deadline to the dead-letter store instead of leaving it in Redis."""
+    spill_deadline_s: float = Field(default=60.0, gt=0, le=86_400)
+    """How long a spill may take after the drain's forward deadline; the rest stays in Redis."""
 
     @model_validator(mode="after")
     def _claims(self) -> ForwardSettings:

@@ -5,6 +5,9 @@ executor the caller hands in and the event loop only awaits it. Errors from
 below are wrapped at this boundary: `StoreUnavailable` (retriable: the store
 could not be reached or refused the write) and `ObjectNotFound`.
 
+`open_store` wraps the backend in a `SealedStore` (sealed.py): payloads are
+encrypted on the client before either backend sees them.
+
 Keys are `/`-separated relative names like `dlq/acme/<id>.json`; a component
 that is empty, `.` or `..` is refused so a tenant or session id can never
 climb out of the store.
@@ -33,6 +36,7 @@ from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from minio.sse import Sse, SseCustomerKey, SseS3
 
 from runner.errors import RunnerError
+from runner.forward.sealed import SealedStore, open_sealer
 from runner.forward.settings import DlqSettings
 
 T = TypeVar("T")
@@ -345,9 +349,28 @@ class S3Store:
 
 
 def open_store(
+    settings: DlqSettings,
+    data_dir: Path,
+    executor: Executor,
+    environ: Mapping[str, str],
+    *,
+    operator: bool = False,
+) -> ObjectStore:
+    """The folder under data_dir for `url = ""`, else the S3 bucket the URL names; sealed.
+
+    Payload objects are sealed with the `[dlq.at_rest]` keyring (see sealed.py). `operator`:
+    a CLI command, which never creates a development key and logs nothing. Raises ValueError
+    for bad S3 settings and `StartupError` for a missing or unusable keyring. Blocking: may
+    read (or create) a key file.
+    """
+    sealer = open_sealer(settings.at_rest, data_dir, environ, operator=operator)
+    backend = _backend(settings, data_dir, executor, environ)
+    return SealedStore(backend, sealer, executor, read_unsealed=settings.at_rest.read_unsealed)
+
+
+def _backend(
     settings: DlqSettings, data_dir: Path, executor: Executor, environ: Mapping[str, str]
 ) -> ObjectStore:
-    """The folder under data_dir for `url = ""`, else the S3 bucket the URL names."""
     if not settings.url:
         return FolderStore(data_dir, executor)
     endpoint = settings.s3_endpoint or "https://s3.amazonaws.com"

@@ -30,7 +30,7 @@ from runner.security.jwt import JwtVerifier, looks_like_jwt
 from runner.security.ratelimit import FailedAuthLimiter
 from runner.telemetry.audit import AuditLog
 from runner.telemetry.metrics import Metrics
-from runner.telemetry.tracing import parent_context
+from runner.telemetry.tracing import inject_traceparent, parent_context
 
 log = structlog.get_logger(__name__)
 
@@ -247,6 +247,10 @@ class Ingestor:
         return m.nack(batch.seq, code, retry_ms)
 
     async def _store(self, session: Session, seq: int, events: list[Any], policy: Policy) -> bool:
+        # The batch span is current here; when it is recorded, its context rides with the batch
+        # to the forwarder, whose chunk span links to it.
+        recording = trace.get_current_span().is_recording()
+        batch_trace = (inject_traceparent() or "") if recording else ""
         started = time.perf_counter()
         with self._tracer.start_as_current_span("redact"):
             result = await self._redactor.redact(
@@ -275,6 +279,7 @@ class Ingestor:
                     policy_version=policy.version,
                     count=result.kept,
                     events=result.events_json,
+                    traceparent=batch_trace,
                 )
             )
         if stored.watermark > session.watermark:

@@ -128,14 +128,15 @@ class Redactor:
                 s.vault_key_file,
                 pii_dir / "vault.key",
                 s.generate_dev_keys,
+                many=True,
             )
             self._log_key("vault", vault_key)
             vault_path = s.resolved_vault_path(self._data_dir)
-            vault = SqliteVault(vault_path, vault_key.key)
+            vault = SqliteVault(vault_path, vault_key.keys)
             await asyncio.to_thread(vault.open)
             self._vault = vault
         size = s.worker_count(os.cpu_count())
-        config = WorkerConfig(s, token_key.key, vault_key.key if vault_key else None, vault_path)
+        config = WorkerConfig(s, token_key.key, vault_key.keys if vault_key else (), vault_path)
         pool = WorkerPool(config, size)
         try:
             await pool.start()
@@ -187,7 +188,7 @@ class Redactor:
                 note="development key; configure a key file or environment variable",
             )
         else:
-            log.info(EV_KEY, key=which, source=key.source)
+            log.info(EV_KEY, key=which, source=key.source, keys=len(key.keys))
         if key.loose_permissions:
             log.warning(EV_KEY_LOOSE, key=which, path=str(key.path))
 

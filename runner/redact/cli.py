@@ -156,8 +156,9 @@ def detokenize(
             pii.vault_key_file,
             data_dir / "pii" / "vault.key",
             generate=False,
+            many=True,
         )
-        vault = SqliteVault(vault_path, key.key)
+        vault = SqliteVault(vault_path, key.keys)
         vault.open()
         try:
             entries = vault.lookup(token, tenant)

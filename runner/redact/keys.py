@@ -5,6 +5,10 @@ then the key file named in `[pii]`, then, for local and development use only and
 `generate_dev_keys` is on, a key generated once into `<data_dir>/pii/` with mode 0600.
 runner.toml itself never holds a key. A key is 32 bytes written as 64 hex characters or
 base64; a key file may also hold the 32 raw bytes.
+
+The vault's key-encryption key may be a keyring for rotation: several keys, one per line or
+separated by commas (`# comments` allowed), the current key first; the older ones only unwrap
+what they wrapped (see vault.py). The token key is always one key.
 """
 
 from __future__ import annotations
@@ -29,9 +33,17 @@ class LoadedKey:
     """A key and where it came from (the source is logged, the key never)."""
 
     key: bytes
+    """The key, or the current key of a keyring."""
     source: KeySource
     path: Path | None = None
     loose_permissions: bool = False
+    older: tuple[bytes, ...] = ()
+    """Older keys of a keyring, still able to unwrap what they wrapped."""
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The keyring, current key first."""
+        return (self.key, *self.older)
 
 
 def parse_key(raw: bytes, what: str) -> bytes:
@@ -54,6 +66,30 @@ def parse_key(raw: bytes, what: str) -> bytes:
     raise KeyConfigError(f"the {what} must be {KEY_BYTES} bytes, as 64 hex characters or base64")
 
 
+def parse_keys(raw: bytes, what: str, many: bool) -> tuple[bytes, ...]:
+    """One key, or with `many` a keyring: keys one per line or comma-separated, current first."""
+    if len(raw) == KEY_BYTES and not _printable(raw):
+        return (raw,)
+    if not many:
+        return (parse_key(raw, what),)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise KeyConfigError(f"the {what} must be hex or base64 keys, one per line") from e
+    items = [
+        item.strip()
+        for line in text.splitlines()
+        for item in line.partition("#")[0].split(",")
+        if item.strip()
+    ]
+    if not items:
+        raise KeyConfigError(f"the {what} is empty")
+    keys = tuple(parse_key(item.encode(), what) for item in items)
+    if len(set(keys)) != len(keys):
+        raise KeyConfigError(f"the {what} keyring holds the same key twice")
+    return keys
+
+
 def _printable(raw: bytes) -> bool:
     return all(32 <= b < 127 or b in (9, 10, 13) for b in raw)
 
@@ -65,22 +101,23 @@ def load_key(
     dev_file: Path,
     generate: bool,
     environ: Mapping[str, str] | None = None,
+    *,
+    many: bool = False,
 ) -> LoadedKey:
-    """Load one key; raises KeyConfigError naming what to configure when there is none."""
+    """Load one key (or with `many` a keyring); KeyConfigError names what to configure."""
     env = os.environ if environ is None else environ
     from_env = env.get(env_name, "")
     if from_env.strip():
-        return LoadedKey(parse_key(from_env.encode(), what), "env")
+        return _loaded(parse_keys(from_env.encode(), what, many), "env")
     if file is not None:
         try:
             raw = file.read_bytes()
         except OSError as e:
             raise KeyConfigError(f"cannot read the {what} file {file}: {e.strerror}") from e
-        return LoadedKey(parse_key(raw, what), "file", file, _loose(file))
+        return _loaded(parse_keys(raw, what, many), "file", file, _loose(file))
     if dev_file.exists():
-        return LoadedKey(
-            parse_key(dev_file.read_bytes(), what), "dev-file", dev_file, _loose(dev_file)
-        )
+        keys = parse_keys(dev_file.read_bytes(), what, many)
+        return _loaded(keys, "dev-file", dev_file, _loose(dev_file))
     if not generate:
         raise KeyConfigError(
             f"no {what}: set the environment variable {env_name} or a key file in [pii]"
@@ -94,6 +131,12 @@ def load_key(
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(key) + b"\n")
     return LoadedKey(key, "generated", dev_file)
+
+
+def _loaded(
+    keys: tuple[bytes, ...], source: KeySource, path: Path | None = None, loose: bool = False
+) -> LoadedKey:
+    return LoadedKey(keys[0], source, path, loose, keys[1:])
 
 
 def _loose(path: Path) -> bool:

@@ -17,7 +17,8 @@ class WorkerConfig:
 
     settings: RedactSettings
     token_key: bytes
-    vault_key: bytes | None
+    vault_keys: tuple[bytes, ...]
+    """The vault's KEK keyring, current first; empty when the vault is off."""
     vault_path: Path | None
 
 

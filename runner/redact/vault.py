@@ -2,12 +2,17 @@
 
 A SQLite file under the data directory, in WAL mode so the worker processes can write while
 `runner detokenize` reads. Envelope encryption: each tenant has a random 256-bit data key,
-stored wrapped (AES-256-GCM) by the key-encryption key (KEK) from `[pii] vault_key_env` or
-`vault_key_file`; every original is encrypted under its tenant's data key with the tenant
-and token as associated data, so a row cannot be moved to another token or tenant. A check
-value of the KEK is stored on first use: a Runner started with another KEK refuses to start
-instead of writing rows no one can read. Rotating the KEK means re-wrapping the data keys
-(a few rows), not re-encrypting the vault.
+stored wrapped (AES-256-GCM, bound to the tenant) by a key-encryption key (KEK) from
+`[pii] vault_key_env` or `vault_key_file`; every original is encrypted under its tenant's data
+key with the tenant and token as associated data, so a row cannot be moved to another token
+or tenant.
+
+The KEKs are a keyring, current first: new data keys are wrapped under the current KEK, and a
+data key wrapped under an older KEK still unwraps while that KEK stays in the keyring. Each
+wrapped data key records which KEK wrapped it (the KEK's check value: an HMAC of a label, which
+reveals nothing of the key), so a Runner started without a KEK the vault needs refuses to
+start instead of writing rows no one can read. Rotating the KEK means re-wrapping the data
+keys (`rewrap`, one row per tenant; `runner pii rotate-vault-key`), not re-encrypting the vault.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from runner.redact.errors import KeyConfigError
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tenant_keys (tenant TEXT PRIMARY KEY, wrapped BLOB NOT NULL,"
-    " created_at INTEGER NOT NULL)",
+    " created_at INTEGER NOT NULL, kek BLOB)",
     "CREATE TABLE IF NOT EXISTS tokens (tenant TEXT NOT NULL, token TEXT NOT NULL,"
     " nonce BLOB NOT NULL, ct BLOB NOT NULL, created_at INTEGER NOT NULL,"
     " expires_at INTEGER NOT NULL, PRIMARY KEY (tenant, token)) WITHOUT ROWID",
@@ -64,22 +69,78 @@ class VaultEntry:
     expires_at: int
 
 
-class SqliteVault:
-    """The vault file. Constructing only stores; `open()` connects and checks the key."""
+def key_id(check_value: bytes) -> str:
+    """How a KEK is named in messages and by `runner pii rotate-vault-key`."""
+    return check_value[:8].hex()
 
-    def __init__(self, path: Path, kek: bytes) -> None:
-        if len(kek) != 32:
-            raise KeyConfigError("the vault key-encryption key must be 32 bytes")
+
+class VaultKeyring:
+    """The vault's KEKs, current first; each is known by its check value, never by the key."""
+
+    def __init__(self, keks: Sequence[bytes]) -> None:
+        if not keks:
+            raise KeyConfigError("the vault needs a key-encryption key")
+        self._aead: dict[bytes, AESGCM] = {}
+        for kek in keks:
+            if len(kek) != 32:
+                raise KeyConfigError("the vault key-encryption key must be 32 bytes")
+            kcv = hmac.new(kek, _KCV_LABEL, hashlib.sha256).digest()[:16]
+            if kcv in self._aead:
+                raise KeyConfigError("the vault keyring holds the same key twice")
+            self._aead[kcv] = AESGCM(kek)
+        self.ids: tuple[bytes, ...] = tuple(self._aead)
+        self.current = self.ids[0]
+
+    def wrap(self, tenant: str, dek: bytes) -> tuple[bytes, bytes]:
+        """(check value of the current KEK, nonce + the data key wrapped under it)."""
+        nonce = os.urandom(12)
+        return self.current, nonce + self._aead[self.current].encrypt(nonce, dek, _dek_aad(tenant))
+
+    def unwrap(self, kcv: bytes | None, tenant: str, blob: bytes) -> bytes:
+        """The tenant's data key; KeyConfigError when its KEK is not here or it does not open.
+
+        `kcv` None (a row from before rotation support, not yet migrated) tries every KEK.
+        """
+        if kcv is not None and kcv not in self._aead:
+            raise KeyConfigError(
+                f"the data key of {tenant!r} is wrapped under vault key {key_id(kcv)},"
+                " which is not in the keyring"
+            )
+        for aead in self._aead.values() if kcv is None else (self._aead[kcv],):
+            with contextlib.suppress(InvalidTag):
+                return aead.decrypt(blob[:12], blob[12:], _dek_aad(tenant))
+        raise KeyConfigError(f"the vault key cannot unwrap the data key of {tenant!r}")
+
+
+def _dek_aad(tenant: str) -> bytes:
+    return b"traceflow/vault/dek/" + tenant.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapReport:
+    """What `rewrap` did: tenant data keys per KEK id before it, and how many it re-wrapped."""
+
+    before: dict[str, int]
+    rewrapped: int
+    current: str
+
+
+class SqliteVault:
+    """The vault file. Constructing only stores; `open()` connects and checks the keys.
+
+    `kek` is one key-encryption key, or a keyring of them with the current one first.
+    """
+
+    def __init__(self, path: Path, kek: bytes | Sequence[bytes]) -> None:
         self._path = path
-        self._kek = AESGCM(kek)
-        self._kcv = hmac.new(kek, _KCV_LABEL, hashlib.sha256).digest()[:16]
+        self._ring = VaultKeyring([kek] if isinstance(kek, bytes) else kek)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._deks: dict[str, AESGCM] = {}
         self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def open(self) -> None:
-        """Create or open the file and verify that the key-encryption key is the vault's."""
+        """Create or open the file and check that the keyring holds every KEK the vault needs."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self._path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -88,23 +149,49 @@ class SqliteVault:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute("SELECT v FROM meta WHERE k = 'kek_check'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta (k, v) VALUES ('kek_check', ?)", (self._kcv,))
-            conn.execute("COMMIT")
+            try:
+                missing = self._prepare(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         except BaseException:
             conn.close()
             raise
-        if row is not None and not hmac.compare_digest(bytes(row[0]), self._kcv):
+        if missing:
             conn.close()
             raise KeyConfigError(
                 f"the vault key does not open {self._path}: it was created with another key"
+                f" (it needs vault key {', '.join(missing)}, which is not in the keyring; keep"
+                " that key after the current one until `runner pii rotate-vault-key` has run)"
             )
         with contextlib.suppress(OSError):
             os.chmod(self._path, 0o600)
         self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> list[str]:
+        """Schema and migration; returns the ids of KEKs the vault needs but the keyring lacks."""
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tenant_keys)")}
+        if "kek" not in columns:  # a vault from before KEK rotation: one KEK, named in meta
+            conn.execute("ALTER TABLE tenant_keys ADD COLUMN kek BLOB")
+        row = conn.execute("SELECT v FROM meta WHERE k = 'kek_check'").fetchone()
+        recorded = None if row is None else bytes(row[0])
+        if recorded is not None:
+            conn.execute("UPDATE tenant_keys SET kek = ? WHERE kek IS NULL", (recorded,))
+        needed = {
+            bytes(r[0])
+            for r in conn.execute("SELECT DISTINCT kek FROM tenant_keys WHERE kek IS NOT NULL")
+        }
+        if not needed and recorded is not None:
+            needed = {recorded}  # no data key yet: the KEK it was last opened with
+        missing = sorted(key_id(kcv) for kcv in needed if kcv not in self._ring.ids)
+        if not missing and recorded != self._ring.current:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('kek_check', ?)", (self._ring.current,)
+            )
+        return missing
 
     def close(self) -> None:
         """Close the connection."""
@@ -119,33 +206,71 @@ class SqliteVault:
             raise RuntimeError("vault is not open")
         return self._conn
 
+    @property
+    def current_key_id(self) -> str:
+        """The id of the KEK that wraps new data keys."""
+        return key_id(self._ring.current)
+
     def _dek(self, tenant: str, create: bool) -> AESGCM | None:
         found = self._deks.get(tenant)
         if found is not None:
             return found
-        aad = b"traceflow/vault/dek/" + tenant.encode()
-        row = self._db.execute(
-            "SELECT wrapped FROM tenant_keys WHERE tenant = ?", (tenant,)
-        ).fetchone()
+        query = "SELECT wrapped, kek FROM tenant_keys WHERE tenant = ?"
+        row = self._db.execute(query, (tenant,)).fetchone()
         if row is None:
             if not create:
                 return None
-            nonce = os.urandom(12)
-            wrapped = nonce + self._kek.encrypt(nonce, os.urandom(32), aad)
+            kcv, wrapped = self._ring.wrap(tenant, os.urandom(32))
             self._db.execute(
-                "INSERT OR IGNORE INTO tenant_keys (tenant, wrapped, created_at) VALUES (?, ?, ?)",
-                (tenant, wrapped, int(time.time())),
+                "INSERT OR IGNORE INTO tenant_keys (tenant, wrapped, created_at, kek)"
+                " VALUES (?, ?, ?, ?)",
+                (tenant, wrapped, int(time.time()), kcv),
             )
-            row = self._db.execute(
-                "SELECT wrapped FROM tenant_keys WHERE tenant = ?", (tenant,)
-            ).fetchone()
-        blob = bytes(row[0])
-        try:
-            dek = AESGCM(self._kek.decrypt(blob[:12], blob[12:], aad))
-        except InvalidTag as e:
-            raise KeyConfigError(f"the vault key cannot unwrap the data key of {tenant!r}") from e
+            row = self._db.execute(query, (tenant,)).fetchone()
+        kek = None if row[1] is None else bytes(row[1])
+        dek = AESGCM(self._ring.unwrap(kek, tenant, bytes(row[0])))
         self._deks[tenant] = dek
         return dek
+
+    def key_usage(self) -> dict[str, int]:
+        """Tenant data keys per KEK id (an old KEK may go once it wraps none)."""
+        with self._lock:
+            rows = self._db.execute("SELECT kek, count(*) FROM tenant_keys GROUP BY kek")
+            return {key_id(bytes(kek)) if kek else "unknown": int(n) for kek, n in rows}
+
+    def rewrap(self) -> RewrapReport:
+        """Wrap every tenant data key under the current KEK, in one transaction.
+
+        The data keys themselves do not change, so no token row is touched and a running Runner
+        (whose workers may hold them in memory) is unaffected. Afterwards older KEKs can go.
+        """
+        with self._lock:
+            db = self._db
+            before = self.key_usage()
+            changed = 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute("SELECT tenant, wrapped, kek FROM tenant_keys").fetchall()
+                for tenant, wrapped, kek in rows:
+                    old = None if kek is None else bytes(kek)
+                    if old == self._ring.current:
+                        continue
+                    dek = self._ring.unwrap(old, tenant, bytes(wrapped))
+                    kcv, blob = self._ring.wrap(tenant, dek)
+                    db.execute(
+                        "UPDATE tenant_keys SET wrapped = ?, kek = ? WHERE tenant = ?",
+                        (blob, kcv, tenant),
+                    )
+                    changed += 1
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (k, v) VALUES ('kek_check', ?)",
+                    (self._ring.current,),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return RewrapReport(before, changed, self.current_key_id)
 
     def put_many(self, tenant: str, items: Sequence[tuple[str, str]], expires_at: int) -> int:
         """Store new tokens and push out the expiry of known ones; one transaction."""

@@ -66,8 +66,8 @@ class WorkerState:
         """Build the engine and open the vault (slow: imports, optional NER model)."""
         engine = build_engine(config.settings)
         sink: SqliteVault | None = None
-        if config.vault_key is not None and config.vault_path is not None:
-            sink = SqliteVault(config.vault_path, config.vault_key)
+        if config.vault_keys and config.vault_path is not None:
+            sink = SqliteVault(config.vault_path, config.vault_keys)
             sink.open()
         return cls(config.settings, engine, Tokenizer(TokenKeys(config.token_key)), sink)
 

@@ -3,9 +3,10 @@
 Envelope encryption: every object gets a fresh random 256-bit data key (DEK); the object is
 encrypted under it with AES-256-GCM, and the DEK is stored next to it wrapped by a
 key-encryption key (KEK) that never touches disk in the clear here. The KEKs come from a
-`KeyWrapper`: `LocalKeyring` holds them from an environment variable or a key file; a KMS or
-HashiCorp Vault transit engine fits the same three-method interface (wrap, unwrap,
-current key id) without the data keys ever leaving the process unwrapped.
+`KeyWrapper`: `LocalKeyring` holds them from an environment variable or a key file (or, for
+development only, a keyring generated once under data_dir); a KMS or HashiCorp Vault transit
+engine fits the same three-method interface (wrap, unwrap, current key id) without the data
+keys ever leaving the process unwrapped. The store seals through this (forward/sealed.py).
 
 Key rotation: the keyring's first key is current and wraps every new object; older keys stay
 in the keyring to unwrap what they wrapped until that data has expired, then are removed.
@@ -28,7 +29,9 @@ import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -80,11 +83,12 @@ def parse_key(text: str, where: str) -> bytes:
 
 
 def parse_keyring(text: str, where: str) -> list[tuple[str, bytes]]:
-    """`kid:key` entries separated by commas or new lines (blank and `#` lines skipped)."""
+    """`kid:key` entries separated by commas or new lines (blanks and `# comments` skipped)."""
     entries = []
-    for raw in re.split(r"[,\n]", text):
+    items = (i for line in text.splitlines() for i in line.partition("#")[0].split(","))
+    for raw in items:
         item = raw.strip()
-        if not item or item.startswith("#"):
+        if not item:
             continue
         kid, sep, key = item.partition(":")
         kid = kid.strip()
@@ -128,29 +132,68 @@ class LocalKeyring:
             raise SealError(f"the data key does not open under key {kid!r}") from e
 
 
+KeyringOrigin = Literal["env", "file", "dev-file", "generated"]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyringSource:
     """Where the keyring came from (logged; the keys never are)."""
 
     keyring: LocalKeyring
-    source: str
+    source: KeyringOrigin
     loose_permissions: bool = False
+    path: Path | None = None
 
 
-def load_keyring(settings: AtRestSettings, environ: Mapping[str, str]) -> KeyringSource:
-    """The keyring from `$keys_env`, else from `keys_file` (blocking: may read a file)."""
+def load_keyring(
+    settings: AtRestSettings, environ: Mapping[str, str], dev_file: Path | None = None
+) -> KeyringSource:
+    """The keyring from `$keys_env`, else `keys_file`, else the development key file.
+
+    With `dev_file` given and neither source set, the development keyring there is read, or
+    created once (mode 0600, one random key) while `generate_dev_key` is on. Blocking: reads
+    and may write a file.
+    """
     text = environ.get(settings.keys_env, "")
-    if text:
+    if text.strip():
         return KeyringSource(LocalKeyring(parse_keyring(text, f"${settings.keys_env}")), "env")
-    if settings.keys_file is None:
+    if settings.keys_file is not None:
+        return _from_file(settings.keys_file, "file")
+    if dev_file is not None and dev_file.exists():
+        return _from_file(dev_file, "dev-file")
+    if dev_file is None or not settings.generate_dev_key:
         raise StartupError(f"at-rest encryption needs ${settings.keys_env} or keys_file")
-    path = settings.keys_file
+    return _generate(dev_file)
+
+
+def _from_file(path: Path, source: KeyringOrigin) -> KeyringSource:
     try:
         text = path.read_text(encoding="utf-8")
         loose = bool(stat.S_IMODE(path.stat().st_mode) & 0o077)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise StartupError(f"at-rest keys_file {path}: {reason}") from e
+    return KeyringSource(LocalKeyring(parse_keyring(text, str(path))), source, loose, path)
+
+
+def _generate(path: Path) -> KeyringSource:
+    """A one-key development keyring written to `path` with mode 0600 (never overwritten)."""
+    kid = "dev-" + datetime.now(UTC).strftime("%Y%m%d")
+    key = os.urandom(KEY_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _from_file(path, "dev-file")
     except OSError as e:
-        raise StartupError(f"at-rest keys_file {path}: {e.strerror or e}") from e
-    return KeyringSource(LocalKeyring(parse_keyring(text, str(path))), "file", loose)
+        raise StartupError(f"cannot create the at-rest key file {path}: {e.strerror}") from e
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(
+            "# TRACEFLOW at-rest keyring (development key, generated): <key id>:<key>, first =\n"
+            "# current. Production: set $TRACEFLOW_AT_REST_KEYS or [dlq.at_rest] keys_file.\n"
+            f"{kid}:{_b64(key)}\n"
+        )
+    return KeyringSource(LocalKeyring([(kid, key)]), "generated", path=path)
 
 
 class Sealer:

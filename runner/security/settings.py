@@ -10,8 +10,9 @@ Mounted by `runner/config.py`:
 
     [ingest.tls]          TlsSettings           [admin.tls]      TlsSettings
     [ingest.limits]       ListenerLimits        [admin.limits]   ListenerLimits
-    [ingest.auth_throttle] AuthThrottleSettings
+    [ingest.auth_throttle] AuthThrottleSettings [admin.client]   AdminClientSettings
     [projects.jwt]        JwtSettings (per project, optional)
+    [dlq.at_rest]         AtRestSettings (keys that seal dead letters and local chunks)
     OutboundTlsSettings   for clients of the cloud, the control plane and S3
 """
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TlsVersion = Literal["1.2", "1.3"]
 JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
@@ -92,6 +94,43 @@ class OutboundTlsSettings(_Model):
     def _complete(self) -> OutboundTlsSettings:
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs client_cert")
+        return self
+
+
+class AdminClientSettings(_Model):
+    """How `runner status` and `runner drain` reach the admin listener (`[admin.client]`).
+
+    With `[admin.tls]` set they speak https and verify the listener's certificate chain
+    and host name (never switched off): against `ca_file` only when set, else the system
+    store. A listener on a wildcard address is reached on 127.0.0.1, so its certificate
+    needs that SAN — or set `url` to a name the certificate has.
+    """
+
+    url: str = ""
+    """Base URL, e.g. "https://runner-1.bank.internal:9090"; "" = from `[admin] listen`."""
+    ca_file: Path | None = None
+    """PEM bundle of the CA(s) that issued the admin listener's certificate."""
+    cert_file: Path | None = None
+    """PEM client certificate to present when `[admin.tls] client_ca_file` requires one."""
+    key_file: Path | None = None
+    """Its key (may be omitted when `cert_file` holds the key too)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, or empty")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError("must be a base URL (scheme, host and port only)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _complete(self) -> AdminClientSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
         return self
 
 
@@ -167,11 +206,19 @@ class ListenerLimits(_Model):
 
 
 class AtRestSettings(_Model):
-    """Keys for encrypting stored objects (dead letters, air-gapped chunks) with AES-256-GCM.
+    """`[dlq.at_rest]`: keys that seal stored objects (dead letters, air-gapped chunks).
 
     The keyring is `<key id>:<key>` entries (32-byte keys, hex or base64), first = current,
     from the environment variable `keys_env` (how containers pass secrets) or `keys_file`.
+    With neither, a development keyring is created once in `<data_dir>/at-rest.keys` (0600)
+    while `generate_dev_key` is on, as the PII engine does for its keys.
     """
 
     keys_env: str = Field(default="TRACEFLOW_AT_REST_KEYS", pattern=r"^[A-Z_][A-Z0-9_]*$")
     keys_file: Path | None = None
+    generate_dev_key: bool = True
+    """With no key configured, create `<data_dir>/at-rest.keys` and log `at_rest.key_generated`.
+    Production: false, so a missing key stops start-up instead."""
+    read_unsealed: bool = False
+    """Also read objects without the sealed header (written before encryption at rest) as they
+    are. Off: such an object is refused as unreadable. Writes are always sealed."""

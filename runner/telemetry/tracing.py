@@ -1,8 +1,10 @@
-"""OpenTelemetry tracing: a span per batch (ingest → redact → buffer), off unless configured.
+"""OpenTelemetry tracing: a span per batch (ingest → redact → buffer), a span per chunk (forward).
 
 With no OTLP endpoint the Runner uses a no-op tracer: no span is recorded and
 nothing can reach the network. A batch's span is a child of the SDK's trace
-when the hello (or the HTTP request) carries a W3C `traceparent`.
+when the hello (or the HTTP request) carries a W3C `traceparent`; its own
+traceparent is stored with the batch in the stream, and the chunk span that
+forwards the batch links to it (`runner/forward/spans.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import NoOpTracerProvider
+from opentelemetry.trace import NoOpTracerProvider, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runner import __version__
@@ -52,3 +54,9 @@ def inject_traceparent(ctx: Context | None = None) -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=ctx)
     return carrier.get("traceparent")
+
+
+def span_context_of(traceparent: str) -> SpanContext | None:
+    """The span context a W3C traceparent names, or None when it is not a valid one."""
+    ctx = parent_context(traceparent)
+    return trace.get_current_span(ctx).get_span_context() if ctx is not None else None

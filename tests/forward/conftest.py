@@ -63,7 +63,14 @@ def s3_dlq(endpoint: str, prefix: str, **overrides: Any) -> DlqSettings:
     return DlqSettings.model_validate(values)
 
 
-S3_ENV = {"TEST_S3_ACCESS": S3_ACCESS_KEY, "TEST_S3_SECRET": S3_SECRET_KEY}
+AT_REST_ENV = "TRACEFLOW_AT_REST_KEYS"
+S3_AT_REST_KEYS = "s3-test:" + "5a" * 32
+"""The keyring S3 tests seal with (folder tests use the development key under data_dir)."""
+S3_ENV = {
+    "TEST_S3_ACCESS": S3_ACCESS_KEY,
+    "TEST_S3_SECRET": S3_SECRET_KEY,
+    AT_REST_ENV: S3_AT_REST_KEYS,
+}
 
 
 @pytest.fixture(scope="session")

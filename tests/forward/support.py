@@ -25,6 +25,8 @@ from aiohttp import web
 from minio import Minio
 
 from runner.buffer.redis_streams import Entry, StreamBuffer
+from runner.forward.sealed import DEV_KEYS_FILE
+from runner.security.atrest import LocalKeyring, Sealer, parse_keyring
 from tests.support import TENANT, free_port
 
 S3_ACCESS_KEY = "traceflow-test"
@@ -141,6 +143,16 @@ def parse_chunk(body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     data = zstandard.ZstdDecompressor().decompress(body, max_output_size=512 * 1024 * 1024)
     rows = [orjson.loads(line) for line in data.splitlines() if line]
     return rows[0], rows[1:]
+
+
+def unseal(body: bytes, key: str, keys: str) -> bytes:
+    """Open a sealed object as the store does: its key (`dlq/<tenant>/<id>.zst`) is the context."""
+    return Sealer(LocalKeyring(parse_keyring(keys, "test keyring"))).open(body, key.encode())
+
+
+def dev_keys(data_dir: Path) -> str:
+    """The development keyring the Runner created under data_dir."""
+    return (data_dir / DEV_KEYS_FILE).read_text()
 
 
 def assert_exactly_once_in_order(

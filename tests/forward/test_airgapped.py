@@ -14,8 +14,22 @@ from runner.config import Config
 from runner.forward.cli import chunks_app
 from runner.policy.model import Policy, TenantPolicy
 from runner.policy.store import PolicyStore
-from tests.forward.conftest import BUCKET, FAST_FORWARD, S3_ENV, MakeForwarder, s3_dlq
-from tests.forward.support import TcpProxy, WeedS3, parse_chunk, write_batches
+from tests.forward.conftest import (
+    BUCKET,
+    FAST_FORWARD,
+    S3_AT_REST_KEYS,
+    S3_ENV,
+    MakeForwarder,
+    s3_dlq,
+)
+from tests.forward.support import (
+    TcpProxy,
+    WeedS3,
+    dev_keys,
+    parse_chunk,
+    unseal,
+    write_batches,
+)
 from tests.support import TENANT, until
 
 
@@ -31,13 +45,14 @@ async def test_air_gapped_chunks_are_laid_out_by_tenant_date_session(
     forwarder = await make_forwarder()
     assert forwarder.state()["mode"] == "air_gapped"
     assert await forwarder.run_until_empty(10) == 0
-    root = config.runner.data_dir / "chunks" / TENANT
-    files = sorted(root.rglob("*.ndjson.zst"))
+    data_dir = config.runner.data_dir
+    files = sorted((data_dir / "chunks" / TENANT).rglob("*.ndjson.zst"))
     assert {f.parent.name for f in files} == {"s-ag1", "s-ag2"}
     assert {f.parent.parent.name for f in files} == {time.strftime("%Y-%m-%d", time.gmtime())}
     got: dict[str, list[tuple[int, int]]] = {}
     for f in files:
-        header, lines = parse_chunk(f.read_bytes())
+        key = f.relative_to(data_dir).as_posix()
+        header, lines = parse_chunk(unseal(f.read_bytes(), key, dev_keys(data_dir)))
         assert header["count"] == len(lines)
         assert header["tenant"] == TENANT
         for line in lines:
@@ -112,5 +127,5 @@ async def test_air_gapped_s3_store_outage_holds_entries_and_reports_unready(
     assert names[0].startswith(f"{s3_prefix}/chunks/{TENANT}/")
     assert names[0].count("/") == 4, "tenant/date layout: no session folder"
     body = weed.client().get_object(BUCKET, names[0]).read()
-    _, lines = parse_chunk(body)
+    _, lines = parse_chunk(unseal(body, names[0][len(s3_prefix) + 1 :], S3_AT_REST_KEYS))
     assert sorted((x["seq"], x["i"]) for x in lines) == expected["s-ags3"]

@@ -20,7 +20,15 @@ from runner.forward.cli import dlq_app
 from runner.forward.deadletter import DeadLetter, DeadLetters, replay
 from runner.forward.settings import DlqSettings
 from runner.forward.storage import FolderStore, open_store
-from tests.forward.conftest import BUCKET, KEYS, S3_ENV, MakeForwarder, fast_cloud, s3_dlq
+from tests.forward.conftest import (
+    BUCKET,
+    KEYS,
+    S3_AT_REST_KEYS,
+    S3_ENV,
+    MakeForwarder,
+    fast_cloud,
+    s3_dlq,
+)
 from tests.forward.support import (
     FakeCloud,
     Reply,
@@ -28,6 +36,7 @@ from tests.forward.support import (
     WeedS3,
     assert_exactly_once_in_order,
     parse_chunk,
+    unseal,
     write_batches,
 )
 from tests.support import TENANT, until
@@ -139,8 +148,9 @@ async def test_s3_dead_letters_are_encrypted_and_expire_by_retention(
     cloud: FakeCloud,
     make_forwarder: MakeForwarder,
 ) -> None:
-    """In S3 a letter is zstd payload + JSON metadata, with SSE-S3 and a lifecycle rule."""
-    await write_batches(buffer, {"s-s3": range(1, 3)})
+    """In S3 a letter is a sealed zstd payload + clear JSON metadata, with SSE-S3 on top and a
+    lifecycle rule; the server never holds the payload in the clear."""
+    await write_batches(buffer, {"s-s3": range(1, 3)}, marker="PLAINTEXT-MARKER")
     cloud.answer(Reply(422))
     dlq = s3_dlq(weed.endpoint, s3_prefix, sse="s3")
     forwarder = await make_forwarder(cloud=fast_cloud(cloud), dlq=dlq, environ=S3_ENV)
@@ -157,8 +167,11 @@ async def test_s3_dead_letters_are_encrypted_and_expire_by_retention(
     assert stat.metadata.get("x-amz-server-side-encryption") == "AES256"
     meta = orjson.loads(client.get_object(BUCKET, f"{s3_prefix}/dlq/{TENANT}/{key}.json").read())
     assert (meta["reason"], meta["last_status"]) == ("rejected", 422)
-    payload = client.get_object(BUCKET, f"{s3_prefix}/dlq/{TENANT}/{key}.zst").read()
-    header, lines = parse_chunk(payload)
+    sealed = client.get_object(BUCKET, f"{s3_prefix}/dlq/{TENANT}/{key}.zst").read()
+    assert sealed.startswith(b"TFE1")
+    assert b"PLAINTEXT-MARKER" not in sealed
+    assert b"s-s3" not in sealed
+    header, lines = parse_chunk(unseal(sealed, f"dlq/{TENANT}/{key}.zst", S3_AT_REST_KEYS))
     assert header["chunk_id"] == key
     assert len(lines) == 6
     await until(lambda: _has_rule(weed, s3_prefix), what="the lifecycle rule")

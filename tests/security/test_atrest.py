@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,26 @@ def test_no_key_source_refused() -> None:
     """Without a key in the environment or a file, at-rest encryption cannot start."""
     with pytest.raises(StartupError, match="TRACEFLOW_AT_REST_KEYS or keys_file"):
         load_keyring(AtRestSettings(), {})
+
+
+def test_development_keyring_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    """With no key configured a one-key dev keyring is written 0600 once and read back after."""
+    dev = tmp_path / "data" / "at-rest.keys"
+    created = load_keyring(AtRestSettings(), {}, dev)
+    assert (created.source, created.path) == ("generated", dev)
+    assert stat.S_IMODE(dev.stat().st_mode) == 0o600
+    again = load_keyring(AtRestSettings(), {}, dev)
+    assert (again.source, again.keyring.kids) == ("dev-file", created.keyring.kids)
+    sealed = Sealer(created.keyring).seal(CHUNK, NAME)
+    assert Sealer(again.keyring).open(sealed, NAME) == CHUNK
+    env = {"TRACEFLOW_AT_REST_KEYS": f"prod:{key().hex()}"}
+    assert load_keyring(AtRestSettings(), env, dev).source == "env", "a configured key wins"
+    with pytest.raises(StartupError, match="TRACEFLOW_AT_REST_KEYS or keys_file"):
+        load_keyring(AtRestSettings(generate_dev_key=False), {}, tmp_path / "none.keys")
+    assert not (tmp_path / "none.keys").exists()
+
+
+def test_keyring_comments_may_hold_commas_and_colons() -> None:
+    """`# comments` are skipped up to the end of the line, whatever they contain."""
+    text = f"# rotated 2025-07: new first, old kept\nnew:{key().hex()}  # current, since July\n"
+    assert [kid for kid, _ in parse_keyring(text, "keys")] == ["new"]
