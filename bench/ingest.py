@@ -1,10 +1,14 @@
 """Ingest benchmark: concurrent WebSocket sessions against a real `runner serve`.
 
 Starts the Runner as a child process on its embedded Redis (AOF, appendfsync
-always: every ack is durable), then runs three phases and prints a table:
+always: every ack is durable) forwarding to a fake cloud in another process (`bench.cloud`;
+`--air-gapped` writes local chunks instead), then runs three phases and prints a table:
 
-1. throughput: N sessions, each with W batches in flight, as fast as acks come;
-2. latency: a fixed aggregate rate (default 10,000 events/s), ack latency p50/p99;
+1. throughput: N sessions, each with W batches in flight, as fast as acks come; then the
+   end-to-end rate: every acked event counted at the cloud, over the time from the first
+   batch until the last event arrived there (WebSocket in to cloud out);
+2. latency: a fixed aggregate rate (default 10,000 events/s), ack latency p50/p99, started
+   only once the forwarder has caught up, so it is the steady state with forwarding on;
 3. idle: 1,000 sessions connected and idle, peak RSS of the Runner.
 
 Batches are ~50 rrweb events / ~30 KB cut from the corpus in ../shared/corpus/rrweb
@@ -34,9 +38,14 @@ import orjson
 import psutil
 import websockets
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.cloud import FakeCloud
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "rrweb"
 API_KEY = "tf_bench_key_0001"
+ADMIN_TOKEN = "bench-admin"  # noqa: S105 - a throwaway benchmark Runner on loopback
 TARGET_EVENTS = 50
 TARGET_BYTES = 30_000
 
@@ -110,7 +119,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class RunnerChild:
-    def __init__(self, workdir: Path, text_mode: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        text_mode: str,
+        cloud_endpoint: str = "",
+        high_water_bytes: int | None = 8 * 1024**3,
+    ) -> None:
+        """`high_water_bytes` None keeps the Runner's default buffer caps."""
         self.port = free_port()
         self.admin = free_port()
         self.config = workdir / "runner.toml"
@@ -125,6 +141,12 @@ events_per_second = 10000000.0
 burst = 10000000
 """
         )
+        caps = (
+            f"[buffer]\nhigh_water_bytes = {high_water_bytes}\n"
+            f"tenant_high_water_bytes = {high_water_bytes}"
+            if high_water_bytes
+            else ""
+        )
         self.config.write_text(
             f"""
 [runner]
@@ -136,11 +158,14 @@ max_connections_per_project = 5000
 idle_timeout_s = 600
 [admin]
 listen = "127.0.0.1:{self.admin}"
+token = "{ADMIN_TOKEN}"
 [control_plane]
 policies_dir = "{policies}"
-[buffer]
-high_water_bytes = 8589934592
-tenant_high_water_bytes = 8589934592
+{caps}
+[cloud]
+endpoint = "{cloud_endpoint}"
+max_attempts = 10000
+max_age_s = 86400
 [[projects]]
 id = "bench"
 tenant = "bench-bank"
@@ -178,6 +203,18 @@ api_keys = ["{API_KEY}"]
             except OSError:
                 time.sleep(0.2)  # start-up poll in a benchmark driver
         raise SystemExit("runner did not become ready")
+
+    def status(self) -> dict[str, Any]:
+        """The Runner's /admin/status."""
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin}/admin/status",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310 - loopback
+            body: dict[str, Any] = orjson.loads(r.read())
+            return body
 
     def rss(self) -> tuple[int, int]:
         """(main process RSS, RSS of its children: PII workers and embedded Redis), bytes."""
@@ -298,6 +335,7 @@ async def phase(
     for task in tasks:
         task.cancel()
     return {
+        "events": float(totals.events),
         "events_per_s": totals.events / elapsed,
         "batches_per_s": totals.batches / elapsed,
         "mb_per_s": totals.batches * statistics.mean(len(b) for b, _ in batches) / elapsed / 1e6,
@@ -324,6 +362,17 @@ async def idle(url: str, count: int, runner: RunnerChild) -> dict[str, float]:
     }
 
 
+async def caught_up(cloud: FakeCloud | None, acked: float, deadline_s: float = 600) -> None:
+    """Wait until the cloud holds every acked event (nothing to wait for when air-gapped)."""
+    if cloud is None:
+        return
+    end = time.monotonic() + deadline_s
+    while cloud.events.value < acked:
+        if time.monotonic() > end:
+            raise SystemExit(f"the cloud has {cloud.events.value} of {acked:.0f} events")
+        await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
+
+
 def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -345,6 +394,9 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--text", choices=["mask_all", "detect"], default="mask_all")
+    parser.add_argument(
+        "--air-gapped", action="store_true", help="no fake cloud: chunks go to local storage"
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
@@ -358,20 +410,39 @@ async def main() -> None:
         f"({'corpus' if CORPUS.is_dir() else 'synthetic'}); durable acks (appendfsync always); "
         f"text = {args.text}"
     )
-    runner = RunnerChild(workdir, args.text)
+    cloud = None if args.air_gapped else FakeCloud.start()
+    runner = RunnerChild(workdir, args.text, cloud.endpoint if cloud else "")
     runner.start()
     try:
-        await phase(runner.url, batches, 4, 3, args.window, None, "warm")
+        warm = await phase(runner.url, batches, 4, 3, args.window, None, "warm")
+        acked = warm["events"]
+        await caught_up(cloud, acked)
+        started = time.perf_counter()
         peak = await phase(
             runner.url, batches, args.sessions, args.duration, args.window, None, "max"
         )
+        acked += peak["events"]
         print(f"throughput: {args.sessions} sessions x {args.window} in flight")
         print("\n".join(rows(peak)))
+        if cloud is not None:
+            at_end = cloud.events.value
+            await caught_up(cloud, acked)
+            took = time.perf_counter() - started
+            print("end to end (WebSocket in, fake cloud out)")
+            print("\n".join(rows({
+                "events_at_cloud": float(cloud.events.value - warm["events"]),
+                "at_cloud_by_ingest_end": float(at_end - warm["events"]),
+                "caught_up_after_s": took - args.duration,
+                "e2e_events_per_s": peak["events"] / took,
+                "chunks": float(cloud.chunks.value),
+            })))  # fmt: skip
         paced = await phase(
             runner.url, batches, args.sessions, args.duration, args.window, args.rate, "paced"
         )
-        print(f"latency at {args.rate:.0f} events/s")
+        acked += paced["events"]
+        print(f"latency at {args.rate:.0f} events/s (forwarding on, caught up before)")
         print("\n".join(rows(paced)))
+        await caught_up(cloud, acked)
         resting = await idle(runner.url, args.idle, runner)
         print(f"idle: {args.idle} sessions connected")
         print("\n".join(rows(resting)))
@@ -379,6 +450,8 @@ async def main() -> None:
         print(f"final RSS: main {main_rss / 1e6:.0f} MB, children {children_rss / 1e6:.0f} MB")
     finally:
         runner.stop()
+        if cloud is not None:
+            cloud.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
