@@ -5,7 +5,7 @@ always: every ack is durable) forwarding to a fake cloud in another process (`be
 `--air-gapped` writes local chunks instead), then runs three phases and prints a table:
 
 1. throughput: N sessions, each with W batches in flight, as fast as acks come; then the
-   end-to-end rate: every acked event counted at the cloud, over the time from the first
+   end-to-end rate: every event the Runner stored counted at the cloud, over the time from the first
    batch until the last event arrived there (WebSocket in to cloud out);
 2. latency: a fixed aggregate rate (default 10,000 events/s), ack latency p50/p99, started
    only once the forwarder has caught up, so it is the steady state with forwarding on;
@@ -362,15 +362,25 @@ async def idle(url: str, count: int, runner: RunnerChild) -> dict[str, float]:
     }
 
 
-async def caught_up(cloud: FakeCloud | None, acked: float, deadline_s: float = 600) -> None:
-    """Wait until the cloud holds every acked event (nothing to wait for when air-gapped)."""
+def stored(runner: RunnerChild) -> int:
+    """Events the Runner has stored so far (acked events minus those the policy drops)."""
+    return int(runner.status()["ingest"]["events_stored"])
+
+
+async def caught_up(cloud: FakeCloud | None, runner: RunnerChild, deadline_s: float = 600) -> int:
+    """Wait until the cloud holds every event the Runner stored; returns that count (0 when
+    air-gapped: nothing to wait for)."""
     if cloud is None:
-        return
+        return 0
+    target = stored(runner)
     end = time.monotonic() + deadline_s
-    while cloud.events.value < acked:
+    while cloud.events.value < target:
         if time.monotonic() > end:
-            raise SystemExit(f"the cloud has {cloud.events.value} of {acked:.0f} events")
+            raise SystemExit(f"the cloud has {cloud.events.value} of {target} stored events")
         await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
+    if cloud.events.value != target:
+        raise SystemExit(f"the cloud has {cloud.events.value} events, the Runner stored {target}")
+    return target
 
 
 def raise_fd_limit() -> None:
@@ -414,35 +424,32 @@ async def main() -> None:
     runner = RunnerChild(workdir, args.text, cloud.endpoint if cloud else "")
     runner.start()
     try:
-        warm = await phase(runner.url, batches, 4, 3, args.window, None, "warm")
-        acked = warm["events"]
-        await caught_up(cloud, acked)
+        await phase(runner.url, batches, 4, 3, args.window, None, "warm")
+        before = await caught_up(cloud, runner)
         started = time.perf_counter()
         peak = await phase(
             runner.url, batches, args.sessions, args.duration, args.window, None, "max"
         )
-        acked += peak["events"]
         print(f"throughput: {args.sessions} sessions x {args.window} in flight")
         print("\n".join(rows(peak)))
         if cloud is not None:
             at_end = cloud.events.value
-            await caught_up(cloud, acked)
+            delivered = await caught_up(cloud, runner) - before
             took = time.perf_counter() - started
-            print("end to end (WebSocket in, fake cloud out)")
+            print("end to end (WebSocket in, fake cloud out; every stored event delivered)")
             print("\n".join(rows({
-                "events_at_cloud": float(cloud.events.value - warm["events"]),
-                "at_cloud_by_ingest_end": float(at_end - warm["events"]),
+                "events_at_cloud": float(delivered),
+                "at_cloud_by_ingest_end": float(at_end - before),
                 "caught_up_after_s": took - args.duration,
-                "e2e_events_per_s": peak["events"] / took,
+                "e2e_events_per_s": delivered / took,
                 "chunks": float(cloud.chunks.value),
             })))  # fmt: skip
         paced = await phase(
             runner.url, batches, args.sessions, args.duration, args.window, args.rate, "paced"
         )
-        acked += paced["events"]
         print(f"latency at {args.rate:.0f} events/s (forwarding on, caught up before)")
         print("\n".join(rows(paced)))
-        await caught_up(cloud, acked)
+        await caught_up(cloud, runner)
         resting = await idle(runner.url, args.idle, runner)
         print(f"idle: {args.idle} sessions connected")
         print("\n".join(rows(resting)))

@@ -7,8 +7,8 @@ default buffer caps) forwards to the fake cloud of `bench.cloud`, which answers 
 corpus batches coming. Every second the Runner's /admin/status is read for the buffered
 bytes; any nack (backpressure at the cap) is counted. Then the cloud comes back while the
 load goes on at the same rate, and the benchmark measures how long until the cloud has
-everything that was acked before the current 5-second slice (the backlog is gone), and
-finally that every acked event arrived.
+everything stored before the current 5-second slice (the backlog is gone), and finally that
+every event the Runner stored (acked events minus what the policy drops) arrived once.
 
     .venv/bin/python -m bench.outage [--outage-s 600] [--rate 5000] [--sessions 16]
 """
@@ -34,7 +34,9 @@ from bench.ingest import (
     make_batches,
     phase,
     raise_fd_limit,
+    stored,
 )
+from runner.config import BufferSection
 
 SLICE_S = 5.0
 
@@ -79,29 +81,30 @@ async def main() -> None:
     try:
         cloud.set_down(True)
         out = await phase(runner.url, batches, args.sessions, args.outage_s, 4, args.rate, "outage")
-        acked = out["events"]
         backlog_peak = peak[0]
         print("during the outage (cloud answering 503)")
-        print(f"  events acked             {acked:>12,.0f}  ({out['events_per_s']:,.0f}/s)")
+        print(f"  events acked             {out['events']:>12,.0f}  ({out['events_per_s']:,.0f}/s)")
+        print(f"  events stored            {stored(runner):>12,}  (the policy drops the rest)")
         print(f"  nacks (backpressure)     {out['nacks']:>12,.0f}")
         print(f"  ack p50 / p99 ms         {out['p50_ms']:>6.1f} / {out['p99_ms']:.1f}")
         print(f"  refused POSTs at cloud   {cloud.refused.value:>12,}")
+        tenant_cap = BufferSection().tenant_high_water_bytes  # one tenant: its cap binds first
         print(
-            f"  peak buffered            {backlog_peak / MB:>10,.0f} MB of the "
-            f"{peak[1] / MB:,.0f} MB cap ({backlog_peak / peak[1]:.0%})"
+            f"  peak buffered            {backlog_peak / MB:>10,.0f} MB: "
+            f"{backlog_peak / tenant_cap:.0%} of the tenant cap ({tenant_cap / MB:,.0f} MB), "
+            f"{backlog_peak / peak[1]:.0%} of the total cap ({peak[1] / MB:,.0f} MB)"
         )
         cloud.set_down(False)
         back = time.perf_counter()
         drained_after = None
         while time.perf_counter() - back < args.max_catch_up_s:
-            before = acked
-            step = await phase(runner.url, batches, args.sessions, SLICE_S, 4, args.rate, "after")
-            acked += step["events"]
+            before = stored(runner)
+            await phase(runner.url, batches, args.sessions, SLICE_S, 4, args.rate, "after")
             if cloud.events.value >= before:
                 drained_after = time.perf_counter() - back
                 break
         try:
-            await caught_up(cloud, acked, deadline_s=120)
+            total = await caught_up(cloud, runner, deadline_s=120)
         except SystemExit:
             forward = runner.status()["forward"]
             print(orjson.dumps(forward, option=orjson.OPT_INDENT_2).decode())
@@ -113,10 +116,10 @@ async def main() -> None:
         else:
             print(f"  backlog drained within   {drained_after:>10.1f} s (5 s slices)")
             print(
-                f"  drain rate               {acked / total_s if total_s else 0:>10,.0f} events/s"
-                " (every acked event delivered / time since the cloud came back)"
+                f"  delivery rate            {total / total_s if total_s else 0:>10,.0f} events/s"
+                " (every stored event / time since the cloud came back)"
             )
-        print(f"  events at cloud          {cloud.events.value:>12,} of {acked:,.0f} acked")
+        print(f"  events at cloud          {cloud.events.value:>12,} of {total:,} stored")
     finally:
         stop.set()
         await asyncio.gather(watcher, return_exceptions=True)
