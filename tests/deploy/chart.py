@@ -157,6 +157,7 @@ EXISTING_SECRET = {
     "RUNNER_ADMIN_TOKEN": "an-admin-token-of-forty-eight-characters-000000000",
     "TRACEFLOW_PII_TOKEN_KEY": "11" * 32,
     "TRACEFLOW_PII_VAULT_KEY": "22" * 32,
+    "TRACEFLOW_AT_REST_KEYS": "at-1:" + "33" * 32,
     "RUNNER_BUFFER_REDIS_URL": "redis://:password@redis-master.redis:6379/0",
     "RUNNER_CLOUD_TOKEN": "cloud-token",
     "RUNNER_CONTROL_PLANE_TOKEN": "control-plane-token",

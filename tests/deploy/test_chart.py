@@ -123,8 +123,10 @@ def test_ha_mode_shares_external_redis_and_object_store(examples: dict[str, Rend
     assert 'redis_url = "embedded"' not in toml
     assert 'url = "s3://traceflow-dlq/runners"' in toml
     assert "generate_dev_keys = false" in toml  # replicas share one token key
+    assert "generate_dev_key = false" in toml  # and one at-rest keyring for the shared DLQ
     env = _env(r.container)
-    for key in ("RUNNER_BUFFER_REDIS_URL", "TRACEFLOW_PII_TOKEN_KEY", "TRACEFLOW_PII_VAULT_KEY"):
+    shared = ("TRACEFLOW_PII_TOKEN_KEY", "TRACEFLOW_PII_VAULT_KEY", "TRACEFLOW_AT_REST_KEYS")
+    for key in ("RUNNER_BUFFER_REDIS_URL", *shared):
         ref = env[key]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "traceflow-runner-secrets"
     assert env["RUNNER_RUNNER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

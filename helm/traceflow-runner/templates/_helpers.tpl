@@ -176,11 +176,16 @@ Numbers the chart sets are cast to int so the file reads `8080`, not `8080.0`.
 {{- if $v.cloud.endpoint }}
 {{- $_ := set $cfg "cloud" (dict "endpoint" $v.cloud.endpoint) }}
 {{- end }}
+{{- $dlq := dict }}
 {{- if $v.dlq.url }}
-{{- $dlq := dict "url" $v.dlq.url }}
+{{- $_ := set $dlq "url" $v.dlq.url }}
 {{- if $v.dlq.s3Endpoint }}{{ $_ := set $dlq "s3_endpoint" $v.dlq.s3Endpoint }}{{ end }}
-{{- $_ := set $cfg "dlq" $dlq }}
 {{- end }}
+{{- if eq $v.mode "ha" }}
+{{- /* Replicas share the dead-letter store: one keyring from the Secret, never a key per pod. */}}
+{{- $_ := set $dlq "at_rest" (dict "generate_dev_key" false) }}
+{{- end }}
+{{- if $dlq }}{{ $_ := set $cfg "dlq" $dlq }}{{ end }}
 {{- $cp := dict }}
 {{- if $v.controlPlane.endpoint }}{{ $_ := set $cp "endpoint" $v.controlPlane.endpoint }}{{ end }}
 {{- if $v.controlPlane.keys }}{{ $_ := set $cp "keys" $v.controlPlane.keys }}{{ end }}

@@ -66,7 +66,7 @@ spec:
             secretKeyRef:
               name: {{ $secret }}
               key: RUNNER_ADMIN_TOKEN
-        {{- range $key := list "RUNNER_PROJECTS" "TRACEFLOW_PII_TOKEN_KEY" "TRACEFLOW_PII_VAULT_KEY" "RUNNER_CLOUD_TOKEN" "RUNNER_CONTROL_PLANE_TOKEN" "RUNNER_BUFFER_REDIS_URL" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "TRACEFLOW_DLQ_SSE_C_KEY" }}
+        {{- range $key := list "RUNNER_PROJECTS" "TRACEFLOW_PII_TOKEN_KEY" "TRACEFLOW_PII_VAULT_KEY" "TRACEFLOW_AT_REST_KEYS" "RUNNER_CLOUD_TOKEN" "RUNNER_CONTROL_PLANE_TOKEN" "RUNNER_BUFFER_REDIS_URL" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "TRACEFLOW_DLQ_SSE_C_KEY" }}
         {{- if or $optional (include "traceflow-runner.secretHasKey" (list $ $key)) }}
         - name: {{ $key }}
           valueFrom:
@@ -192,6 +192,6 @@ spec:
 {{- $ := index . 0 }}
 {{- $key := index . 1 }}
 {{- $s := $.Values.secrets }}
-{{- $map := dict "RUNNER_PROJECTS" "always" "TRACEFLOW_PII_TOKEN_KEY" $s.piiTokenKey "TRACEFLOW_PII_VAULT_KEY" $s.piiVaultKey "RUNNER_CLOUD_TOKEN" $s.cloudToken "RUNNER_CONTROL_PLANE_TOKEN" $s.controlPlaneToken "RUNNER_BUFFER_REDIS_URL" $s.redisUrl "AWS_ACCESS_KEY_ID" $s.s3AccessKey "AWS_SECRET_ACCESS_KEY" $s.s3SecretKey "TRACEFLOW_DLQ_SSE_C_KEY" $s.dlqSseCKey }}
+{{- $map := dict "RUNNER_PROJECTS" "always" "TRACEFLOW_PII_TOKEN_KEY" $s.piiTokenKey "TRACEFLOW_PII_VAULT_KEY" $s.piiVaultKey "TRACEFLOW_AT_REST_KEYS" $s.atRestKeys "RUNNER_CLOUD_TOKEN" $s.cloudToken "RUNNER_CONTROL_PLANE_TOKEN" $s.controlPlaneToken "RUNNER_BUFFER_REDIS_URL" $s.redisUrl "AWS_ACCESS_KEY_ID" $s.s3AccessKey "AWS_SECRET_ACCESS_KEY" $s.s3SecretKey "TRACEFLOW_DLQ_SSE_C_KEY" $s.dlqSseCKey }}
 {{- if index $map $key }}true{{ end }}
 {{- end }}
