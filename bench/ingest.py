@@ -216,12 +216,17 @@ api_keys = ["{API_KEY}"]
             body: dict[str, Any] = orjson.loads(r.read())
             return body
 
-    def rss(self) -> tuple[int, int]:
-        """(main process RSS, RSS of its children: PII workers and embedded Redis), bytes."""
+    def rss(self) -> tuple[int, int, int]:
+        """RSS in bytes of (the main process, its embedded redis-server, its PII workers)."""
         assert self.proc is not None
         main = psutil.Process(self.proc.pid)
-        children = sum(c.memory_info().rss for c in main.children(recursive=True))
-        return main.memory_info().rss, children
+        redis = workers = 0
+        for child in main.children(recursive=True):
+            if "redis-server" in child.name():
+                redis += child.memory_info().rss
+            else:
+                workers += child.memory_info().rss
+        return main.memory_info().rss, redis, workers
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -346,19 +351,20 @@ async def phase(
 
 
 async def idle(url: str, count: int, runner: RunnerChild) -> dict[str, float]:
-    before_main, before_children = runner.rss()
+    before_main, _, _ = runner.rss()
     sockets = []
     for i in range(count):
         sockets.append(await open_session(url, f"idle-{i}"))
-    main, children = runner.rss()
+    main, redis, workers = runner.rss()
     for ws in sockets:
         await ws.close()
     return {
         "sessions": float(count),
         "main_rss_mb": main / 1e6,
         "main_rss_before_mb": before_main / 1e6,
-        "children_rss_mb": children / 1e6,
-        "children_rss_before_mb": before_children / 1e6,
+        "redis_rss_mb": redis / 1e6,
+        "main_plus_redis_mb": (main + redis) / 1e6,
+        "pii_workers_rss_mb": workers / 1e6,
     }
 
 
@@ -453,8 +459,11 @@ async def main() -> None:
         resting = await idle(runner.url, args.idle, runner)
         print(f"idle: {args.idle} sessions connected")
         print("\n".join(rows(resting)))
-        main_rss, children_rss = runner.rss()
-        print(f"final RSS: main {main_rss / 1e6:.0f} MB, children {children_rss / 1e6:.0f} MB")
+        main_rss, redis_rss, workers_rss = runner.rss()
+        print(
+            f"final RSS: main {main_rss / 1e6:.0f} MB, redis-server {redis_rss / 1e6:.0f} MB, "
+            f"PII workers {workers_rss / 1e6:.0f} MB"
+        )
     finally:
         runner.stop()
         if cloud is not None:
