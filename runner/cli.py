@@ -44,7 +44,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the Runner: ingest, redact, buffer and forward until SIGTERM."""
-    from runner.app import run
+    from runner.process import run
     from runner.telemetry.logging import configure
 
     cfg = _load(config)

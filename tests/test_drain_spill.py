@@ -19,12 +19,13 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from runner.app import Runner, serve
+from runner.app import Runner
 from runner.buffer.keys import Keys
 from runner.cli import app as cli_app
 from runner.config import load_config
 from runner.forward.chunker import entry_id_key
 from runner.forward.reader import manifests_key
+from runner.process import serve
 from runner.redact import Redactor
 from tests.conftest import admin_url, ws_url
 from tests.forward.support import FakeCloud, Reply
