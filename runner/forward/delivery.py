@@ -47,6 +47,7 @@ from runner.forward.deadletter import (
     new_letter,
 )
 from runner.forward.localsink import LocalSink
+from runner.forward.metrics import ForwardMetrics
 from runner.forward.pipeline import TenantState, reraise_if_cancelling
 from runner.forward.sender import Backoff, CircuitBreaker, CloudSender, Outcome, SendResult
 from runner.forward.settings import CloudSettings, ForwardSettings
@@ -123,8 +124,10 @@ class Delivery:
         encoder: Executor,
         health: StoreHealth,
         tracer: trace.Tracer | None = None,
+        metrics: ForwardMetrics | None = None,
     ) -> None:
         self._runner_id = runner_id
+        self._metrics = metrics or ForwardMetrics()
         self._cloud = cloud
         self._settings = settings
         self._policies = policies
@@ -209,6 +212,7 @@ class Delivery:
             finally:
                 await self._breaker.record(probe, result)
             tries += 1
+            self._metrics.request(chunk.tenant, result.status)
             record_attempt(span, tries, result, probe)
             span.set_attribute("traceflow.attempts", tries)
             if result.status is not None:
@@ -244,6 +248,7 @@ class Delivery:
         state.events_sent += chunk.events
         state.bytes_sent += len(chunk.body)
         state.last_status = result.status
+        self._metrics.accepted(chunk.tenant, chunk.body)
         log.debug(
             EV_CHUNK_SENT,
             tenant=chunk.tenant,
@@ -306,6 +311,8 @@ class Delivery:
         dlq = self._dlq
         await self._durably(state, lambda: dlq.put(letter, chunk.body))
         state.chunks_dead_lettered += 1
+        by_reason = state.dead_lettered_by_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
         if previous is None:
             self.letters_added += 1
         log.warning(

@@ -40,7 +40,7 @@ from runner.errors import StartupError
 from runner.forward.deadletter import DeadLetters
 from runner.forward.delivery import EV_STORE_RECOVERED, EV_STORE_UNAVAILABLE, Delivery, StoreHealth
 from runner.forward.localsink import LocalSink
-from runner.forward.metrics import families
+from runner.forward.metrics import ForwardMetrics, families
 from runner.forward.pipeline import TenantPipeline, TenantState, reraise_if_cancelling
 from runner.forward.reader import TenantStream
 from runner.forward.sender import CircuitBreaker, CloudSender
@@ -107,6 +107,7 @@ class Forwarder:
         self.settings = settings or own_forward
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._tracer = tracer or trace.NoOpTracer()
+        self._metrics = ForwardMetrics()
         self.runner_id = config.runner.id
         self._data_dir: Path = config.runner.data_dir
         self._breaker = CircuitBreaker(
@@ -162,6 +163,7 @@ class Forwarder:
             encoder=self._encoder,
             health=self._store_health,
             tracer=self._tracer,
+            metrics=self._metrics,
         )
         await self._check_store()
         await self._count_letters()
@@ -313,6 +315,7 @@ class Forwarder:
     def collect(self) -> Iterator[Metric]:
         """Prometheus families at scrape time: `metrics.add_collector(forwarder.collect)`."""
         yield from families(self.state())
+        yield from self._metrics.collect()
 
     def _stream(self, tenant: str) -> TenantStream:
         return TenantStream(self._redis, self._keys, tenant, self.runner_id, self.settings.trim)

@@ -67,6 +67,9 @@ class TenantState:
     bytes_sent: int = 0
     chunks_local: int = 0
     chunks_dead_lettered: int = 0
+    dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
+    """Chunks written to the dead-letter store, by reason (rejected, exhausted, malformed,
+    drain_spill)."""
     retries: int = 0
     auth_failures: int = 0
     restarts: int = 0
@@ -104,6 +107,7 @@ class TenantState:
             "bytes_sent": self.bytes_sent,
             "chunks_local": self.chunks_local,
             "chunks_dead_lettered": self.chunks_dead_lettered,
+            "dead_lettered_by_reason": dict(self.dead_lettered_by_reason),
             "retries": self.retries,
             "auth_failures": self.auth_failures,
             "restarts": self.restarts,

@@ -18,6 +18,7 @@ from runner.buffer.redis_streams import StreamBuffer
 from runner.config import Config
 from runner.forward.cli import dlq_app
 from runner.forward.deadletter import DeadLetter, DeadLetters, replay
+from runner.forward.metrics import families
 from runner.forward.settings import DlqSettings
 from runner.forward.storage import FolderStore, open_store
 from tests.forward.conftest import (
@@ -102,6 +103,21 @@ async def test_permanent_rejection_is_dead_lettered_and_replay_delivers_it(
     assert list(cloud.accepted) == [rejected_key], "replayed under its original Idempotency-Key"
     await until(lambda: forwarder.state()["dlq"]["count"] == 0, what="the letter to go")
     assert (await cli("list", "--config", str(toml))).output.strip().endswith("0 dead letter(s)")
+
+
+async def test_dead_letters_are_counted_by_reason_in_metrics(
+    buffer: StreamBuffer, cloud: FakeCloud, make_forwarder: MakeForwarder
+) -> None:
+    """Each dead-lettered chunk is counted under its reason in traceflow_forward_dead_letters."""
+    await write_batches(buffer, {"s-metric": range(1, 3)})
+    cloud.answer(Reply(400))
+    forwarder = await make_forwarder(cloud=fast_cloud(cloud))
+    assert await forwarder.run_until_empty(10) == 0
+    (family,) = [
+        f for f in families(forwarder.state()) if f.name == "traceflow_forward_dead_letters"
+    ]
+    counted = {(s.labels["tenant"], s.labels["reason"]): s.value for s in family.samples}
+    assert counted == {(TENANT, "rejected"): float(len(cloud.arrived))}
 
 
 async def test_replaying_a_chunk_the_cloud_already_kept_is_deduped(

@@ -106,6 +106,28 @@ async def test_retry_after_is_honoured(
     assert accepted.at - refused.at >= 0.95, "the retry waited for Retry-After"
 
 
+async def test_requests_chunk_sizes_and_compression_are_metrics(
+    buffer: StreamBuffer, cloud: FakeCloud, make_forwarder: MakeForwarder
+) -> None:
+    """Requests are counted by HTTP status; accepted chunks give a size and ratio histogram."""
+    await write_batches(buffer, {"s-metrics": range(1, 3)})
+    cloud.answer(Reply(503))
+    forwarder = await make_forwarder(cloud=fast_cloud(cloud))
+    assert await forwarder.run_until_empty(10) == 0
+    scraped = scrape(forwarder)
+    label = f'tenant="{TENANT}"'
+    assert f'traceflow_forward_requests_total{{code="503",{label}}} 1.0' in scraped
+    accepted = sum(1 for r in cloud.requests if r.status == 200)
+    assert f'traceflow_forward_requests_total{{code="200",{label}}} {float(accepted)}' in scraped
+    assert f"traceflow_forward_chunk_bytes_count{{{label}}} {float(accepted)}" in scraped
+    ratios = [
+        line for line in scraped.splitlines() if line.startswith("traceflow_forward_compression")
+    ]
+    assert f"traceflow_forward_compression_ratio_count{{{label}}} {float(accepted)}" in ratios
+    below_one = f'traceflow_forward_compression_ratio_bucket{{le="1.0",{label}}} 0.0'
+    assert below_one in ratios, "NDJSON compresses: no chunk has a ratio at or below 1"
+
+
 async def test_unauthorized_pauses_the_tenant_without_dropping(
     buffer: StreamBuffer, redis: Redis, cloud: FakeCloud, make_forwarder: MakeForwarder
 ) -> None:
