@@ -20,7 +20,9 @@ the keyring, another keyring, tampered with, or unsealed).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +46,7 @@ from runner.forward.localsink import LocalSink
 from runner.forward.sealed import ObjectUnreadable
 from runner.forward.spill import list_manifests, load_manifest
 from runner.forward.storage import ObjectNotFound, ObjectStore, StoreUnavailable, open_store
+from runner.telemetry.audit import record_now
 
 T = TypeVar("T")
 
@@ -61,6 +64,8 @@ chunks_app = typer.Typer(
 )
 
 EXIT_UNREADABLE = 6
+AUDIT_IDS_MAX = 100
+"""Chunk ids named in one audit record at most (the record also has the count)."""
 
 TenantOption = Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")]
 
@@ -114,6 +119,20 @@ def _run_store(
     except ValueError as e:  # an id or key that cannot name an object (e.g. "../x")
         typer.echo(f"invalid argument: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _audit(cfg: Config, action: str, ids: list[str], **fields: Any) -> None:
+    """One hash-chained audit record of an operator's change to the store: who, from where,
+    which letters (chunk ids: no payload), how it went."""
+    record_now(
+        cfg.telemetry.resolved_audit_path(cfg.runner.data_dir),
+        action,
+        actor=getpass.getuser(),
+        host=socket.gethostname(),
+        count=len(ids),
+        ids=ids[:AUDIT_IDS_MAX],
+        **fields,
+    )
 
 
 def _row(letter: DeadLetter) -> str:
@@ -243,6 +262,15 @@ def replay_letters(
         return done, unreadable
 
     done, unreadable = _run_store(cfg, work)
+    _audit(
+        cfg,
+        "dlq.replay",
+        [letter_id for letter_id, _ in done],
+        tenant=tenant,
+        manifest=manifest,
+        all=all_,
+        unreadable=unreadable,
+    )
     for letter_id, entry_id in done:
         typer.echo(f"replayed {letter_id} as stream entry {entry_id}")
     typer.echo(f"{len(done)} dead letter(s) re-queued")
@@ -315,13 +343,20 @@ def purge(
         typer.echo("nothing deleted")
         raise typer.Exit(1)
 
+    deleted: list[str] = []
+
     async def work(letters: DeadLetters, _: LocalSink) -> int:
         for letter_id in ids:
             letter = await letters.get(letter_id)
             await letters.delete(letter.tenant, letter.id)
-        return len(ids)
+            deleted.append(letter.id)
+        return len(deleted)
 
-    typer.echo(f"{_run(cfg, work)} dead letter(s) deleted")
+    try:
+        count = _run(cfg, work)
+    finally:  # a purge that stopped half-way is audited with what it did delete
+        _audit(cfg, "dlq.purge", deleted, requested=len(ids))
+    typer.echo(f"{count} dead letter(s) deleted")
 
 
 @chunks_app.command("list")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +22,7 @@ from runner.forward.deadletter import DeadLetter, DeadLetters, replay
 from runner.forward.metrics import families
 from runner.forward.settings import DlqSettings
 from runner.forward.storage import FolderStore, open_store
+from runner.telemetry.audit import verify
 from tests.forward.conftest import (
     BUCKET,
     KEYS,
@@ -56,6 +58,15 @@ async def stored_letters(config: Config) -> list[DeadLetter]:
     """Dead letters in the folder store under data_dir, read straight from storage."""
     with ThreadPoolExecutor(1) as io:
         return await DeadLetters(FolderStore(config.runner.data_dir, io)).list()
+
+
+def audit_records(config: Config, action: str) -> list[dict[str, Any]]:
+    """The audit log's records of one action, after checking the whole chain."""
+    path = config.telemetry.resolved_audit_path(config.runner.data_dir)
+    ok, _count, problem = verify(path)
+    assert ok, problem
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    return [r for r in records if r["action"] == action]
 
 
 async def cli(*args: str, stdin: str | None = None) -> Result:
@@ -98,6 +109,10 @@ async def test_permanent_rejection_is_dead_lettered_and_replay_delivers_it(
 
     replayed = await cli("replay", rejected_key, "--config", str(toml))
     assert replayed.exit_code == 0, replayed.output
+    (audited,) = audit_records(config, "dlq.replay")
+    assert (audited["ids"], audited["count"], audited["unreadable"]) == ([rejected_key], 1, 0)
+    assert audited["actor"]
+    assert audited["host"]
     assert await forwarder.run_until_empty(10) == 0
     assert_exactly_once_in_order(cloud, expected)
     assert list(cloud.accepted) == [rejected_key], "replayed under its original Idempotency-Key"
@@ -264,7 +279,7 @@ async def test_purge_asks_before_deleting(
     make_forwarder: MakeForwarder,
     tmp_path: Path,
 ) -> None:
-    """`dlq purge` deletes nothing unless confirmed, and deletes with --yes."""
+    """`dlq purge` deletes nothing unless confirmed, deletes with --yes, and is audited."""
     await write_batches(buffer, {"s-purge": range(1, 2)})
     cloud.answer(Reply(400))
     forwarder = await make_forwarder(cloud=fast_cloud(cloud))
@@ -277,6 +292,8 @@ async def test_purge_asks_before_deleting(
     done = await cli("purge", key, "--yes", "--config", str(toml))
     assert done.exit_code == 0, done.output
     assert await stored_letters(config) == []
+    (purged,) = audit_records(config, "dlq.purge")
+    assert (purged["ids"], purged["count"], purged["requested"]) == ([key], 1, 1)
     missing = await cli("show", key, "--config", str(toml))
     assert missing.exit_code == 4
     climbing = await cli("show", "../../etc/passwd", "--config", str(toml))
