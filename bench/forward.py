@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import shutil
 import sys
@@ -40,13 +39,14 @@ if str(REPO) not in sys.path:
 
 from redis.asyncio import Redis  # noqa: E402
 
+from bench.cloud import FakeCloud  # noqa: E402
 from runner.buffer.keys import FORWARD_GROUP, Keys  # noqa: E402
 from runner.forward.chunker import Chunk, ChunkBuilder, StreamEntry, encode  # noqa: E402
 from runner.forward.forwarder import Forwarder  # noqa: E402
 from runner.forward.settings import CloudSettings, ForwardSettings  # noqa: E402
 from runner.policy.store import PolicyStore  # noqa: E402
 from runner.telemetry.logging import configure  # noqa: E402
-from tests.support import RedisProc, free_port, make_config  # noqa: E402
+from tests.support import RedisProc, make_config  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus" / "rrweb"
 BATCH_EVENTS = 100
@@ -148,31 +148,6 @@ def _time_encode(chunks: list[Chunk], level: int, threads: int) -> tuple[int, fl
     return rounds, time.perf_counter() - start
 
 
-# -- the fake cloud, in its own process ------------------------------------------------
-
-
-def _cloud_main(port: int, ready: Any, chunks: Any, bytes_in: Any) -> None:
-    from aiohttp import web
-
-    async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
-        with chunks.get_lock():
-            chunks.value += 1
-            bytes_in.value += len(body)
-        return web.Response(status=200)
-
-    async def main() -> None:
-        app = web.Application(client_max_size=256 * MB)
-        app.router.add_post("/v1/chunks", receive)
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
 async def fill(redis: Redis, keys: Keys, target: int, batches: list[list[Any]]) -> tuple[int, int]:
     """Write `target` bytes of entries as the buffer does; returns (entries, events)."""
     stream = keys.stream(TENANT)
@@ -209,14 +184,9 @@ async def bench_drain(backlog_mb: int, mean_event: float | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-forward-"))
     proc = RedisProc(tmp / "redis")
     proc.start()
-    ctx = multiprocessing.get_context("spawn")
-    port = free_port()
-    ready, chunks, bytes_in = ctx.Event(), ctx.Value("q", 0), ctx.Value("q", 0)
-    cloud = ctx.Process(target=_cloud_main, args=(port, ready, chunks, bytes_in), daemon=True)
-    cloud.start()
+    cloud = FakeCloud.start()
     redis = Redis.from_url(proc.url, socket_timeout=30)
     try:
-        assert ready.wait(30), "fake cloud did not start"
         keys = Keys("tf")
         t0 = time.perf_counter()
         entries, events = await fill(redis, keys, backlog_mb * MB, batches)
@@ -230,7 +200,7 @@ async def bench_drain(backlog_mb: int, mean_event: float | None) -> None:
             config=config,
             policies=PolicyStore(),
             keys=keys,
-            cloud=CloudSettings(endpoint=f"http://127.0.0.1:{port}"),
+            cloud=CloudSettings(endpoint=cloud.endpoint),
             settings=ForwardSettings(),
             environ={},
         )
@@ -243,13 +213,12 @@ async def bench_drain(backlog_mb: int, mean_event: float | None) -> None:
         mb = backlog_mb if left == 0 else float("nan")
         print(f"   drained in {drain_s:.1f} s: {state['chunks_sent'] / drain_s:.1f} chunks/s, "
               f"{events / drain_s:,.0f} events/s, {mb / drain_s:.1f} MB/s in, "
-              f"{bytes_in.value / MB / drain_s:.1f} MB/s out; {chunks.value} POSTs, "
+              f"{cloud.bytes_in.value / MB / drain_s:.1f} MB/s out; {cloud.chunks.value} POSTs, "
               f"{left} entries left")  # fmt: skip
         budget(events / drain_s, mean_event, config.buffer.high_water_bytes)
     finally:
         await redis.aclose()
-        cloud.kill()
-        cloud.join(10)
+        cloud.stop()
         proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

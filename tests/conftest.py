@@ -13,6 +13,7 @@ from runner.app import Runner
 from runner.config import Config
 from runner.redact import Redactor
 from runner.redact.settings import RedactSettings
+from tests.forward.support import FakeCloud
 from tests.support import RedisProc, make_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,3 +73,12 @@ def admin_url(instance: Runner, path: str) -> str:
 @pytest.fixture
 def url() -> Callable[[Runner], str]:
     return ws_url
+
+
+@pytest.fixture
+async def cloud() -> AsyncIterator[FakeCloud]:
+    """A real aiohttp server standing in for the TRACEFLOW cloud, scripted per test."""
+    server = FakeCloud()
+    await server.up()
+    yield server
+    await server.down()

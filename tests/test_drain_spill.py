@@ -36,14 +36,6 @@ TENANTS = ("acme-bank", "other-bank")
 Event = tuple[str, int, int]
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[FakeCloud]:
-    server = FakeCloud()
-    await server.up()
-    yield server
-    await server.down()
-
-
 def write_config(tmp: Path, redis_url: str, cloud_url: str, forward: str = "") -> Path:
     """A runner.toml for the Runner under test and the `runner dlq` commands alike."""
     path = tmp / "runner.toml"

@@ -15,14 +15,6 @@ from tests.support import RedisProc, Sdk, make_config, rrweb_batch, until
 
 
 @pytest.fixture
-async def cloud() -> AsyncIterator[FakeCloud]:
-    server = FakeCloud()
-    await server.up()
-    yield server
-    await server.down()
-
-
-@pytest.fixture
 async def forwarding(
     tmp_path: Path, redis_proc: RedisProc, redactor: Redactor, cloud: FakeCloud
 ) -> AsyncIterator[Runner]:

@@ -27,14 +27,6 @@ SDK_SPAN = "00f067aa0ba902b7"
 
 
 @pytest.fixture
-async def cloud() -> AsyncIterator[FakeCloud]:
-    server = FakeCloud()
-    await server.up()
-    yield server
-    await server.down()
-
-
-@pytest.fixture
 async def traced(
     tmp_path: Path, redis_proc: RedisProc, redactor: Redactor, cloud: FakeCloud
 ) -> AsyncIterator[tuple[Runner, InMemorySpanExporter]]:

@@ -6,7 +6,6 @@ Over WebSocket and over WebRTC: every recorded event is stored exactly once, the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -157,14 +156,6 @@ async def replay(context: BrowserContext, site: str, batches: list[StoredBatch])
         "([events, selectors]) => window.replay(events, selectors)", [events, REPLAY_SELECTORS]
     )
     return result
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[FakeCloud]:
-    server = FakeCloud()
-    await server.up()
-    yield server
-    await server.down()
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))

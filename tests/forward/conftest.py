@@ -92,14 +92,6 @@ def s3_prefix() -> str:
 
 
 @pytest.fixture
-async def cloud() -> AsyncIterator[FakeCloud]:
-    server = FakeCloud()
-    await server.up()
-    yield server
-    await server.down()
-
-
-@pytest.fixture
 async def buffer(redis: Redis, config: Config) -> AsyncIterator[StreamBuffer]:
     """The real ingest-side writer (group commit + Lua append) over the test Redis."""
     writer = StreamBuffer(redis, config.buffer)
