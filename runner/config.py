@@ -43,9 +43,16 @@ class _Section(BaseModel):
 
 class RunnerSection(_Section):
     id: str = Field(default="runner-1", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    data_dir: Path = Path("./data")
+    data_dir: Path = Field(default=Path("./data"), validate_default=True)
+    """Relative paths are taken from the working directory at start-up and kept absolute: the
+    embedded redis-server changes into its own folder before it binds its socket."""
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.absolute()
 
 
 class IngestSection(_Section):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
@@ -14,7 +19,7 @@ from runner.buffer.embedded import EmbeddedRedis
 from runner.errors import StartupError
 from runner.redact import Redactor
 from tests.conftest import ws_url
-from tests.support import Sdk, make_config, until
+from tests.support import REPO, Sdk, free_port, make_config, until
 
 
 async def test_embedded_redis_runs_durable_and_stops_with_the_runner(
@@ -91,3 +96,48 @@ async def test_external_redis_without_fsync_always_is_refused(
         await accepted.stop()
     finally:
         weak.stop()
+
+
+async def test_shipped_runner_toml_serves_from_a_relative_data_dir(tmp_path: Path) -> None:
+    """`runner serve` on the repo's runner.toml as shipped (data_dir = "./data") acks a batch."""
+    shutil.copy(REPO / "runner.toml", tmp_path / "runner.toml")
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
+    ingest, admin = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env |= {
+        "RUNNER_INGEST_LISTEN": f"127.0.0.1:{ingest}",
+        "RUNNER_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "PYTHONPATH": str(REPO),
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+        [sys.executable, "-m", "runner.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+
+        async def ready() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{admin}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(ready, deadline_s=60, what="runner serve to be ready")
+        assert (tmp_path / "data" / "redis" / "redis.sock").is_socket()
+        sdk = Sdk(f"ws://127.0.0.1:{ingest}/v1/stream", "s-shipped", token="tf_dev_local_only_key")
+        await sdk.connect()
+        assert await sdk.batch(1) == {"type": "ack", "seq": 1}
+        await sdk.close()
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
+        log.close()
+    assert proc.returncode == 0
