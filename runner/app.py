@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from runner import __version__
 from runner.admin.routes import admin_app
+from runner.admin.token import serving_token
 from runner.buffer.embedded import EmbeddedRedis
 from runner.buffer.keys import Keys
 from runner.buffer.redis_streams import StreamBuffer, check_durability
@@ -135,7 +136,7 @@ class Runner:
     async def _start(self) -> None:
         cfg = self.config
         cfg.runner.data_dir.mkdir(parents=True, exist_ok=True)
-        admin_token = cfg.admin.resolved_token()
+        admin_token = serving_token(cfg)
         try:
             check_admin_bind(cfg.admin.listen, cfg.admin.tls, admin_token)
         except ConfigError as e:

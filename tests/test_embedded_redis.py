@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import orjson
 import psutil
 import pytest
 
@@ -99,7 +100,8 @@ async def test_external_redis_without_fsync_always_is_refused(
 
 
 async def test_shipped_runner_toml_serves_from_a_relative_data_dir(tmp_path: Path) -> None:
-    """`runner serve` on the repo's runner.toml as shipped (data_dir = "./data") acks a batch."""
+    """`runner serve` on the repo's runner.toml as shipped (data_dir = "./data") acks a batch,
+    and `runner status` on the same host works with the local admin token it created."""
     shutil.copy(REPO / "runner.toml", tmp_path / "runner.toml")
     shutil.copytree(REPO / "policies", tmp_path / "policies")
     ingest, admin = free_port(), free_port()
@@ -136,6 +138,19 @@ async def test_shipped_runner_toml_serves_from_a_relative_data_dir(tmp_path: Pat
         await sdk.connect()
         assert await sdk.batch(1) == {"type": "ack", "seq": 1}
         await sdk.close()
+        token_file = tmp_path / "data" / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert token_file.read_text().strip() not in (tmp_path / "serve.log").read_text()
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "runner.cli", "status", "--json"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr.decode()
+        assert orjson.loads(status.stdout)["ingest"]["batches_acked"] == 1
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 60)

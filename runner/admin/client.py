@@ -21,8 +21,9 @@ from typing import Any
 
 import orjson
 
+from runner.admin.token import cli_token
 from runner.config import Config
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StartupError
 from runner.security.settings import OutboundTlsSettings
 from runner.security.tls import TlsConfigError, client_context
 
@@ -103,8 +104,8 @@ class AdminClient:
         env = os.environ if environ is None else environ
         base = base_url(cfg)
         try:
-            token = env.get("RUNNER_ADMIN_TOKEN") or cfg.admin.resolved_token()
-        except ConfigError as e:
+            token = env.get("RUNNER_ADMIN_TOKEN") or cli_token(cfg)
+        except (ConfigError, StartupError) as e:
             raise AdminSetupError(str(e)) from e
         context = _tls_context(cfg) if base.startswith("https://") else None
         return cls(base, token, context)
