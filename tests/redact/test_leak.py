@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from runner.policy.model import PiiPolicy
 from runner.redact.messages import BatchRequest
@@ -16,9 +14,6 @@ from runner.redact.worker import WorkerState
 from tests.redact.conftest import corpus_files
 from tests.redact.leakgen import STRUCTURAL_SLOTS, Planted, leaked, plant, recall_table
 
-SLOW = pytest.mark.skipif(
-    not os.environ.get("TRACEFLOW_SLOW_TESTS"), reason="slow: set TRACEFLOW_SLOW_TESTS=1"
-)
 CHECKSUM_ENTITIES = frozenset({"EMAIL_ADDRESS", "IN_PAN", "IN_AADHAAR", "CREDIT_CARD", "IBAN_CODE"})
 """Entities with a checksum or unambiguous shape: detect mode must not leak them either."""
 RECALL_FLOOR = {
@@ -66,7 +61,6 @@ def test_mask_all_leaks_nothing(state: WorkerState, corpus_dir: Path) -> None:
     _mask_all_leaks_nothing(state, corpus_dir, range(1))
 
 
-@SLOW
 def test_mask_all_leaks_nothing_more_seeds(state: WorkerState, corpus_dir: Path) -> None:
     """The same with four more sets of generated values."""
     _mask_all_leaks_nothing(state, corpus_dir, range(1, 5))
@@ -108,7 +102,6 @@ def test_detect_mode_leaks_no_checksum_entity_and_no_structural_slot(
         assert found / total >= floor, (entity, found, total)
 
 
-@SLOW
 def test_detect_mode_more_seeds(state: WorkerState, corpus_dir: Path) -> None:
     """The same over every stream with four more sets of generated values."""
     _report(_detect_mode(state, corpus_dir, range(1, 5), every=1))
