@@ -40,7 +40,7 @@ import websockets
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cloud import FakeCloud
+from bench.cloud import FakeCloud, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "rrweb"
@@ -232,14 +232,6 @@ api_keys = ["{API_KEY}"]
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def open_session(url: str, session_id: str) -> Any:

@@ -42,6 +42,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cloud import free_port  # noqa: E402
 from bench.ingest import count_events, frame, make_batches, percentile  # noqa: E402
 from runner.app import Runner  # noqa: E402
 from runner.config import Config, load_config  # noqa: E402
@@ -166,14 +167,6 @@ api_keys = ["{API_KEY}"]
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 # -- clients ------------------------------------------------------------------------------

@@ -366,9 +366,13 @@ class Forwarder:
 
     def _start_pipeline(self, tenant: str) -> None:
         state = self._tenants.setdefault(tenant, TenantState(tenant))
-        stream = self._stream(tenant)
+        pipeline = self._pipelines[tenant] = self._new_pipeline(self._stream(tenant), state)
+        assert self._group is not None
+        self._group.create_task(self._supervise(tenant, pipeline), name=f"fwd-{tenant}")
+
+    def _new_pipeline(self, stream: TenantStream, state: TenantState) -> TenantPipeline:
         assert self._delivery is not None
-        pipeline = TenantPipeline(
+        return TenantPipeline(
             stream,
             state,
             self.settings,
@@ -377,9 +381,6 @@ class Forwarder:
             lambda: self._claiming,
             self._notify,
         )
-        self._pipelines[tenant] = pipeline
-        assert self._group is not None
-        self._group.create_task(self._supervise(tenant, pipeline), name=f"fwd-{tenant}")
 
     async def _supervise(self, tenant: str, pipeline: TenantPipeline) -> None:
         """Run a tenant's pipeline; if it breaks, log it and start it again from Redis."""
@@ -400,17 +401,7 @@ class Forwarder:
                     await asyncio.sleep(min(PIPELINE_RESTART_MAX_S, 0.5 * 2**failures))
                     if not self._claiming:
                         return
-                    assert self._delivery is not None
-                    pipeline = TenantPipeline(
-                        pipeline.stream,
-                        state,
-                        self.settings,
-                        self.cloud,
-                        self._delivery,
-                        lambda: self._claiming,
-                        self._notify,
-                    )
-                    self._pipelines[tenant] = pipeline
+                    pipeline = self._pipelines[tenant] = self._new_pipeline(pipeline.stream, state)
         finally:
             self._pipelines.pop(tenant, None)
             self._notify()
