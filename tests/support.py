@@ -239,13 +239,16 @@ class RunnerProcess:
         admin_host: str = "127.0.0.1",
         admin_ssl: ssl.SSLContext | None = None,
         extra_toml: str = "",
+        control_plane_toml: str = "",
     ) -> None:
         """`admin_ssl`: how the readiness probe reaches an admin listener with `[admin.tls]`;
-        `extra_toml`: tables appended to runner.toml (e.g. `[admin.tls]`)."""
+        `extra_toml`: tables appended to runner.toml (e.g. `[admin.tls]`);
+        `control_plane_toml`: more keys of `[control_plane]` (its folder is `policies_dir`)."""
         self.data_dir = tmp / "data"
         self.port = free_port()
         self.admin_port = free_port()
         self.admin_ssl = admin_ssl
+        self.policies_dir = tmp / "no-policies"
         self.config = tmp / "runner.toml"
         self.config.write_text(
             f"""
@@ -259,7 +262,8 @@ token = "{admin_token}"
 [pii]
 workers = 1
 [control_plane]
-policies_dir = "{tmp / "no-policies"}"
+policies_dir = "{self.policies_dir}"
+{control_plane_toml}
 [forward]
 enabled = {"true" if forward else "false"}
 linger_s = 0.05

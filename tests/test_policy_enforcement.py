@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from runner.app import Runner
+from runner.buffer.keys import Keys
 from runner.redact import Redactor
 from tests.conftest import ws_url
 from tests.support import TENANT, RedisProc, Sdk, make_config, stream_entries, until
@@ -89,3 +90,44 @@ async def test_disabled_feature_is_dropped_and_hot_apply_changes_the_next_batch(
     events: list[Any] = orjson.loads(entries[1][b"ev"])
     assert events[0]["data"]["plugin"] == "rrweb/console@1"
     await sdk.close()
+
+
+async def test_batch_refused_for_a_full_buffer_costs_no_rate_tokens(
+    tmp_path: Path, redis_proc: RedisProc, redactor: Redactor, redis: Redis
+) -> None:
+    """Retries answered buffer_full take no tokens: once there is room the batch passes
+    on the token left, and only then is the bucket empty."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / f"{TENANT}.toml").write_text(policy_file(1, console=True, rate=0.001, burst=4))
+    cfg = make_config(
+        tmp_path / "data",
+        redis_proc.url,
+        buffer={"stream_prefix": "rt", "tenant_high_water_bytes": 1},
+        control_plane={"policies_dir": str(folder)},
+    )
+    instance = Runner(cfg, redactor=redactor)
+    await instance.start()
+    try:
+        sdk = Sdk(ws_url(instance), "s-full-no-tokens")
+        await sdk.connect()
+        assert (await sdk.batch(1, [MOVE, MOVE, MOVE]))["type"] == "ack"  # 1 token left
+        for _ in range(3):
+            assert (await sdk.batch(2, [MOVE]))["code"] == "buffer_full"
+        await redis.set(Keys("rt").bytes(TENANT), 0)  # what the forwarder does as it sends
+
+        async def accepted() -> bool:
+            reply = await sdk.batch(2, [MOVE])
+            assert reply.get("code") != "rate_limited", "a buffer_full retry took a token"
+            return bool(reply["type"] == "ack")
+
+        await until(accepted, what="intake to resume below the high-water mark")
+        await redis.set(Keys("rt").bytes(TENANT), 0)
+        await until(
+            lambda: instance.buffer is not None and instance.buffer.used(TENANT) == 0,
+            what="the freed bytes to be seen",
+        )
+        assert (await sdk.batch(3, [MOVE]))["code"] == "rate_limited"
+        await sdk.close()
+    finally:
+        await instance.stop()

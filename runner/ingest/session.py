@@ -21,7 +21,7 @@ from runner.config import Config
 from runner.errors import BufferFull, BufferUnavailable, ProtocolError, RunnerError
 from runner.ingest import messages as m
 from runner.ingest.auth import Project, ProjectDirectory
-from runner.policy.features import filter_events
+from runner.policy.features import FeatureResult, judge
 from runner.policy.model import Policy
 from runner.policy.ratelimit import RateLimiter
 from runner.policy.store import PolicyStore, in_sample
@@ -58,6 +58,8 @@ class Session:
     sampled: bool
     watermark: int
     trace_parent: Context | None = None
+    policy_version: int = 0
+    """The version that decided `sampled`, sent in the welcome."""
     opened: float = field(default_factory=time.monotonic)
     batches: int = 0
     events: int = 0
@@ -152,14 +154,16 @@ class Ingestor:
         except BufferUnavailable:
             self._directory.disconnect(project)
             raise
-        policy = self._policies.current.for_tenant(project.tenant)
+        policy = self._policies.current  # one snapshot: `sampled` and the welcome's version
+        rate = policy.for_tenant(project.tenant).sampling.session_rate
         session = Session(
             project=project,
             session_id=hello.session_id,
             transport=transport,
-            sampled=in_sample(project.tenant, hello.session_id, policy.sampling.session_rate),
+            sampled=in_sample(project.tenant, hello.session_id, rate),
             watermark=watermark,
             trace_parent=parent_context(hello.traceparent),
+            policy_version=policy.version,
         )
         opened = self.stats.sessions_open
         opened[transport] = opened.get(transport, 0) + 1
@@ -172,7 +176,7 @@ class Ingestor:
             session.session_id,
             session.watermark,
             session.sampled,
-            self._policies.current.version,
+            session.policy_version,
             self.limits,
         )
 
@@ -210,16 +214,17 @@ class Ingestor:
             },
         ):
             try:
-                events, dropped = filter_events(batch.events, rules.features)
-                if dropped:
-                    self._metrics.events_dropped.labels(session.tenant, "feature").inc(dropped)
+                judged = judge(batch.events, rules.features)
+                events = judged.events
+                if judged.dropped or judged.bodies_removed:
+                    self._count_feature_drops(session.tenant, judged)
+                self._buffer.admit(session.tenant)  # a full buffer costs no rate-limit tokens
                 if self._limiter is not None:
                     wait_ms = await self._limiter.take(
                         session.tenant, len(events), rules.rate_limit
                     )
                     if wait_ms is not None:
                         return self._nack(session, batch, m.NACK_RATE_LIMITED, wait_ms)
-                self._buffer.admit(session.tenant)
                 stored = await self._store(session, batch.seq, events, policy)
             except BufferFull:
                 return self._nack(session, batch, m.NACK_BUFFER_FULL, retry_ms)
@@ -240,6 +245,14 @@ class Ingestor:
             time.perf_counter() - batch.received
         )
         return m.ack(batch.seq)
+
+    def _count_feature_drops(self, tenant: str, judged: FeatureResult) -> None:
+        if judged.dropped:
+            self._metrics.events_dropped.labels(tenant, "feature").inc(judged.dropped)
+        for kind, n in judged.dropped_by_kind.items():
+            self._metrics.feature_drops.labels(tenant, kind).inc(n)
+        if judged.bodies_removed:
+            self._metrics.feature_drops.labels(tenant, "network_body").inc(judged.bodies_removed)
 
     def _nack(self, session: Session, batch: m.Batch, code: str, retry_ms: int | None) -> bytes:
         self.stats.batches_nacked += 1

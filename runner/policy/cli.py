@@ -64,14 +64,7 @@ def _load(path: Path | None) -> tuple[ControlPlaneSettings, Path]:
     except ConfigError as e:
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None
-    raw: Any = cfg.control_plane
-    if isinstance(raw, ControlPlaneSettings):
-        return raw, cfg.runner.data_dir
-    try:  # until runner.config carries ControlPlaneSettings itself
-        return ControlPlaneSettings.model_validate(raw.model_dump()), cfg.runner.data_dir
-    except ValueError as e:
-        typer.echo(f"configuration error: control_plane: {e}", err=True)
-        raise typer.Exit(2) from None
+    return cfg.control_plane, cfg.runner.data_dir
 
 
 def _verifier(settings: ControlPlaneSettings) -> Verifier:

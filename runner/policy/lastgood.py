@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runner.policy.errors import PolicyRefused
-from runner.policy.jws import Verifier, verify_policy
+from runner.policy.jws import Verifier, check_expiry, decode_policy
 from runner.policy.model import SOURCE_LAST_GOOD, Policy
 
 FOLDER = "policy"
@@ -66,6 +66,20 @@ class LastGood:
         except FileNotFoundError:
             return None
 
+    def read_verified(self, verifier: Verifier, limit: int) -> tuple[Policy, str, str] | None:
+        """(policy, kid, token) whose signature and schema check out, expired or not.
+
+        None when absent; raises `PolicyRefused`. OSError (unreadable file) propagates
+        for the caller to report. An expired policy is not put in force (`load_sync`),
+        but its verified version still bounds what the control plane may send next.
+        """
+        raw = self.read(limit)
+        if raw is None:
+            return None
+        verified = verifier.verify(raw)
+        policy = decode_policy(verified.payload, SOURCE_LAST_GOOD)
+        return policy, verified.kid, raw.decode("ascii", "replace").strip()
+
     def load_sync(
         self, verifier: Verifier, limit: int, now: datetime | None = None
     ) -> tuple[Policy, str, str] | None:
@@ -73,11 +87,10 @@ class LastGood:
 
         OSError (unreadable file) propagates for the caller to report.
         """
-        raw = self.read(limit)
-        if raw is None:
-            return None
-        policy, kid = verify_policy(raw, verifier, SOURCE_LAST_GOOD, now)
-        return policy, kid, raw.decode("ascii", "replace").strip()
+        loaded = self.read_verified(verifier, limit)
+        if loaded is not None:
+            check_expiry(loaded[0], now)
+        return loaded
 
     async def load(
         self, verifier: Verifier, limit: int, now: datetime | None = None

@@ -14,7 +14,8 @@ mtimes, settles for one interval, reloads; also expires a policy past its
 
 Rules for a policy from the control plane: it must verify (see `jws`), must not
 have expired, and its version must not be lower than the last control-plane
-policy accepted (rollback); the same version must carry the same rules. A
+policy accepted (rollback; across restarts, the last good file's version, even
+once it has expired); the same version must carry the same rules. A
 refusal keeps the policy in force, is logged (`EV_POLICY_REFUSED`, reason codes
 from `errors`), counted in `refusals[reason]` and passed to the audit hook.
 An accepted policy is written to disk, then swapped in whole.
@@ -43,7 +44,7 @@ from runner.policy import errors as r
 from runner.policy.client import ControlPlaneClient
 from runner.policy.errors import PolicyKeyError, PolicyRefused, SyncFailed
 from runner.policy.files import Fingerprint, FolderPolicy, fingerprint, load_folder
-from runner.policy.jws import Verifier, verify_policy
+from runner.policy.jws import Verifier, check_expiry, verify_policy
 from runner.policy.lastgood import LastGood
 from runner.policy.model import (
     BUILTIN_POLICY,
@@ -101,6 +102,8 @@ class Startup:
     origin: str = ""
     refusals: list[tuple[str, PolicyRefused]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    floor: Policy | None = None
+    """The last good policy's verified version, even when expired: the rollback floor."""
 
 
 def startup_policy(
@@ -113,7 +116,10 @@ def startup_policy(
     start = Startup(policy=BUILTIN_POLICY, origin="built-in strict default")
     if settings.sync_enabled:
         try:
-            loaded = last_good.load_sync(verifier, settings.max_policy_bytes, now)
+            loaded = last_good.read_verified(verifier, settings.max_policy_bytes)
+            if loaded is not None:
+                start.floor = loaded[0]  # signed by a pinned key: an older one is a rollback
+                check_expiry(loaded[0], now)
         except PolicyRefused as e:
             start.refusals.append((SOURCE_LAST_GOOD, e))
         except OSError as e:
@@ -249,6 +255,8 @@ class PolicyManager:
             for error in start.errors:
                 self.last_good_error = error
                 log.error(EV_LAST_GOOD_FAILED, op="read", error=error)
+            # An expired last good is not put in force, but its version stays the floor.
+            self._remote = start.floor
             if start.policy.source == SOURCE_LAST_GOOD:
                 self._remote, self._remote_kid = start.policy, start.kid
                 self._saved_token = start.token

@@ -56,6 +56,13 @@ class Metrics:
             ["tenant", "reason"],
             registry=r,
         )
+        self.feature_drops = Counter(
+            "traceflow_feature_drops_total",
+            "What the policy's features switched off, by kind: events of a disabled kind "
+            "(recording, console, network, audio) and network bodies removed (network_body).",
+            ["tenant", "kind"],
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "traceflow_ack_latency_seconds",
             "Time from a batch being read to its ack (redaction plus durable write).",

@@ -279,3 +279,25 @@ async def test_outcomes_are_applied_then_refused_for_same_control_plane(
     assert await manager.sync_once() == APPLIED
     control_plane.publish(signer.token(9))
     assert await manager.sync_once() == REFUSED
+
+
+async def test_expired_last_good_still_bounds_the_version(
+    control_plane: ControlPlane,
+    signer: Signer,
+    policies_dir: Path,
+    make_manager: MakeManager,
+    tmp_path: Path,
+) -> None:
+    """An expired last good is not used, but an older (replayed) policy is still a rollback."""
+    data_dir = tmp_path / "data"
+    atomic_write(LastGood(data_dir).path, signer.token(9, expires_at=iso(-5)).encode())
+    control_plane.publish(signer.token(5))
+    store = PolicyStore()
+    manager = await make_manager(
+        settings(control_plane.url, signer, policies_dir), store=store, data_dir=data_dir
+    )
+    assert store.current.source == SOURCE_BUILTIN
+    assert (manager.refusals[r.EXPIRED], manager.refusals[r.ROLLBACK]) == (1, 1)
+    control_plane.publish(signer.token(10))
+    assert await manager.sync_once() == APPLIED
+    assert (store.current.version, store.current.source) == (10, SOURCE_CONTROL_PLANE)

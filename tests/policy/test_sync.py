@@ -230,6 +230,17 @@ async def test_control_plane_down_keeps_the_policy_and_backs_off(
     assert 3600 * 0.9 <= manager.next_poll_delay() <= 3600 * 1.1
 
 
+async def test_poll_intervals_are_jittered(
+    control_plane: ControlPlane, signer: Signer, policies_dir: Path, make_manager: MakeManager
+) -> None:
+    """Waits between polls vary within interval ± jitter, so Runners do not poll in lockstep."""
+    control_plane.publish(signer.token(1))
+    manager = await make_manager(settings(control_plane.url, signer, policies_dir, poll_jitter=0.2))
+    delays = [manager.next_poll_delay() for _ in range(50)]
+    assert all(3600 * 0.8 <= d <= 3600 * 1.2 for d in delays)
+    assert len(set(delays)) > 40
+
+
 @pytest.mark.parametrize("status", [401, 403, 404, 500, 503])
 async def test_error_status_is_a_failure(
     status: int,
