@@ -10,9 +10,11 @@ the backpressure a WebSocket gets from TCP has to be made here:
   pipeline fills this inbox.
 - A batch that arrives when the inbox is full is not kept: it is answered at
   once with `nack buffer_full` and `retry_after_ms`, exactly what the Ingestor
-  answers when the buffer is full, and the SDK resends it later. Memory per
-  channel stays below inbox_bytes plus one message being reassembled, whatever
-  the client sends, and no batch is ever acked without being stored.
+  answers when the buffer is full, and the SDK resends it later. A client that
+  reads none of those nacks either (more than max_buffered_bytes queued to it)
+  is closed with 1008, so what is queued towards it stays bounded too. Memory
+  per channel stays below inbox_bytes plus one message being reassembled,
+  whatever the client sends, and no batch is ever acked without being stored.
 - Replies wait for the channel's send buffer to fall below max_buffered_bytes,
   so a client that does not read its acks runs into ingest.send_timeout_s.
 
@@ -42,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 TRANSPORT = "webrtc"
 CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the peer to confirm the channel reset
+CLOSE_SLOW_READER = 1008  # as `Connection` closes a client that reads no replies
 EV_INBOX_FULL = "webrtc.inbox_full"
 
 HelloCheck = Callable[[m.Hello], None]
@@ -169,6 +172,8 @@ class DataChannelTransport:
         seq = message.get("seq")
         if message.get("type") != "batch" or not isinstance(seq, int) or seq < 1:
             raise ProtocolError(m.CLOSE_MALFORMED, "expected a batch message")
+        if self._channel.bufferedAmount > self._limits.max_buffered_bytes:
+            raise ProtocolError(CLOSE_SLOW_READER, "slow reader")  # it reads no nacks either
         self._counters.refused_full += 1
         log.debug(EV_INBOX_FULL, seq=seq, depth=len(self._inbox.items))
         with contextlib.suppress(ConnectionError):

@@ -9,8 +9,9 @@ protocol of the WebSocket: `connection.Connection` over a
 `rtc_channel.DataChannelTransport`.
 
 `PeerConnections` holds each peer connection from the offer until it closes:
-on session end, on a connect or idle timeout, when ICE fails, and at stop. It
-caps them per project and overall, and counts them for metrics.
+on session end, on a connect or idle timeout, when ICE fails, on drain (after the
+shared `Connections` sent goaway) and at stop. It caps them per project and
+overall, and counts them for metrics.
 """
 
 from __future__ import annotations
@@ -60,8 +61,6 @@ EV_OFFER_REFUSED = "webrtc.offer_refused"
 EV_CHANNEL_REFUSED = "webrtc.channel_refused"
 EV_TASK_FAILED = "webrtc.task_failed"
 EV_STARTED = "webrtc.started"
-
-_peer_ids = itertools.count(1)
 
 
 class OfferRefused(RunnerError):
@@ -125,6 +124,7 @@ class PeerConnections:
         )
         self._pin = IcePin(settings.host_addresses, settings.udp_ports)
         self._peers: set[Peer] = set()
+        self._peer_ids = itertools.count(1)
         self._per_project: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ice_servers = settings.ice_servers()
@@ -218,7 +218,7 @@ class PeerConnections:
         except BaseException:
             self._release(project)
             raise
-        peer = Peer(next(_peer_ids), project, token, remote, pc)
+        peer = Peer(next(self._peer_ids), project, token, remote, pc)
         self._peers.add(peer)
         self.stats.opened += 1
         peer.pc.on("datachannel", lambda channel: self._on_channel(peer, channel))
@@ -318,7 +318,7 @@ class PeerConnections:
                 finally:
                     self._connections.discard(conn)
         finally:
-            await self._close(peer, "session_end")
+            await self._close(peer, "session_end" if self.accepting else "drain")
 
     def _on_state(self, peer: Peer) -> None:
         state = peer.pc.connectionState

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
+import pytest
+from aiortc import RTCDataChannel
 from redis.asyncio import Redis
 
 from runner.buffer.keys import Keys
+from runner.errors import ProtocolError
+from runner.ingest.rtc_channel import ChannelCounters, ChannelLimits, DataChannelTransport
 from runner.ingest.rtc_frames import fragment
 from tests.support import TENANT, RedisProc, rrweb_batch, until
 from tests.webrtc.conftest import StartRtc
@@ -96,6 +101,7 @@ async def test_drain_sends_goaway_over_the_channel(rtc: RtcRunner) -> None:
     assert await sdk.recv() == {"type": "close", "code": 1001, "reason": "draining"}
     await sdk.wait_closed()
     await until(lambda: len(rtc.peers) == 0, what="the drained peer to be closed")
+    assert rtc.peers.stats.closed["drain"] == 1
     late = RtcSdk(rtc.offer_url, "r-drain")
     assert await late.open() == 503
     await sdk.close()
@@ -157,3 +163,63 @@ async def test_bad_fragments_are_malformed(rtc: RtcRunner) -> None:
     assert (reply["type"], reply["code"]) == ("close", 4400)
     await sdk.wait_closed()
     await sdk.close()
+
+
+async def test_plain_message_inside_a_fragmented_one_is_malformed(rtc: RtcRunner) -> None:
+    """A whole message sent between the fragments of another one is 4400."""
+    sdk = RtcSdk(rtc.offer_url, "r-interleave")
+    await sdk.connect()
+    body = orjson.dumps({"type": "batch", "seq": 1, "events": rrweb_batch(1, "x" * 40_000)})
+    pieces = fragment(body, 16 * 1024)
+    sdk.send_raw(pieces[0].decode())
+    sdk.send_raw(orjson.dumps({"type": "batch", "seq": 2, "events": rrweb_batch(1)}).decode())
+    reply = await sdk.recv()
+    assert (reply["type"], reply["code"]) == ("close", 4400)
+    await sdk.wait_closed()
+    await sdk.close()
+
+
+class UnreadChannel:
+    """Just enough of an RTCDataChannel whose client reads nothing: what is sent stays queued."""
+
+    bufferedAmountLowThreshold = 0
+    maxRetransmits = maxPacketLifeTime = None
+
+    def __init__(self) -> None:
+        self.bufferedAmount = 0
+        self.readyState = "open"
+        self.sent: list[str] = []
+        self.handlers: dict[str, Callable[..., None]] = {}
+
+    def on(self, event: str, handler: Callable[..., None]) -> None:
+        self.handlers[event] = handler
+
+    def send(self, data: str) -> None:
+        self.sent.append(data)
+        self.bufferedAmount += len(data)
+
+    def close(self) -> None:
+        self.readyState = "closed"
+
+
+async def test_client_reading_no_nacks_is_closed_not_queued_to() -> None:
+    """With the inbox full and the client reading none of its replies, nacks stop once
+    max_buffered_bytes are queued to it: the session is closed 1008, memory stays bounded."""
+    limits = ChannelLimits(
+        max_message_bytes=1 << 20, inbox_messages=1, inbox_bytes=1 << 20,
+        max_send_message_bytes=65_536, max_buffered_bytes=1024, retry_after_ms=2000,
+    )  # fmt: skip
+    channel = UnreadChannel()
+    counters = ChannelCounters()
+    transport = DataChannelTransport(cast(RTCDataChannel, channel), None, "test", limits, counters)
+    deliver = channel.handlers["message"]
+    for seq in range(1, 1001):
+        deliver(orjson.dumps({"type": "batch", "seq": seq, "events": []}).decode())
+    assert counters.refused_full == len(channel.sent) < 1000
+    assert channel.bufferedAmount <= limits.max_buffered_bytes + 100, "one nack past the bound"
+    first = await transport.receive(1.0)
+    assert first is not None
+    assert orjson.loads(first[0])["seq"] == 1, "the admitted batch is still handled"
+    with pytest.raises(ProtocolError) as closed:
+        await transport.receive(1.0)
+    assert (closed.value.close_code, closed.value.reason) == (1008, "slow reader")

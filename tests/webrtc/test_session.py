@@ -9,6 +9,7 @@ import zstandard
 from redis.asyncio import Redis
 
 from runner.buffer.keys import Keys
+from runner.ingest.rtc_frames import fragment
 from tests.support import TENANT, rrweb_batch
 from tests.webrtc.harness import RtcRunner, RtcSdk
 
@@ -97,4 +98,24 @@ async def test_zstd_binary_batch_over_the_channel(rtc: RtcRunner, redis: Redis) 
     sdk.send_raw(zstandard.ZstdCompressor().compress(body))
     assert await sdk.recv() == {"type": "ack", "seq": 1}
     assert [int(e[b"seq"]) for e in await stored(redis, "r-zstd")] == [1]
+    await sdk.close()
+
+
+async def test_fragmented_zstd_batch_is_joined_as_binary(rtc: RtcRunner, redis: Redis) -> None:
+    """A zstd batch bigger than the channel limit, sent as `frag` messages, is joined, seen as
+    compressed by its magic, stored and acked."""
+    sdk = RtcSdk(rtc.offer_url, "r-zstd-frag")
+    await sdk.connect()
+    events = rrweb_batch(1) + [
+        {"type": 3, "timestamp": 1700000001000 + i, "data": {"source": 1, "positions": [i]}}
+        for i in range(999)
+    ]
+    body = orjson.dumps({"type": "batch", "seq": 1, "events": events})
+    packed = zstandard.ZstdCompressor(level=1).compress(body)
+    pieces = fragment(packed, 1024)
+    assert len(pieces) > 2
+    for piece in pieces:
+        sdk.send_raw(piece.decode())
+    assert await sdk.recv() == {"type": "ack", "seq": 1}
+    assert [int(e[b"seq"]) for e in await stored(redis, "r-zstd-frag")] == [1]
     await sdk.close()

@@ -169,3 +169,6 @@ async def test_peer_counts_are_exported_as_metrics(rtc: RtcRunner) -> None:
     await until(lambda: len(rtc.peers) == 0, what="the peer to close")
     text = generate_latest(registry).decode()
     assert "traceflow_webrtc_peers_closed_total" in text
+    served = rtc.runner.metrics_text().decode()  # what GET /metrics serves
+    assert "traceflow_webrtc_peers_closed_total{reason=" in served
+    assert "traceflow_webrtc_peers_opened_total 1.0" in served
