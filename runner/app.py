@@ -98,7 +98,7 @@ class Runner:
         self.draining = False
         self.drain_requested = asyncio.Event()
         self.drain_done = asyncio.Event()
-        self.drain_deadline_s = 60.0
+        self.drain_deadline_s = config.forward.drain_deadline_s
         self.drain_spill: bool | None = None
         self.drain_spill_deadline_s: float | None = None
         self.drain_report = DrainReport()
@@ -404,6 +404,11 @@ class Runner:
         self.drain_spill_deadline_s = spill_deadline_s
         self.drain_requested.set()
         return True
+
+    @property
+    def default_drain_deadline_s(self) -> float:
+        """The deadline of a drain that names none (SIGTERM, `runner drain` without one)."""
+        return self.config.forward.drain_deadline_s
 
     async def drain_progress(self) -> dict[str, Any]:
         """The drain report, with open sessions and the live backlog while forwarding."""

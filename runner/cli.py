@@ -108,8 +108,12 @@ def status(
 def drain(
     config: ConfigOption = None,
     deadline: Annotated[
-        float, typer.Option(help="Seconds to forward the buffer and finish in-flight work.")
-    ] = 60.0,
+        float | None,
+        typer.Option(
+            help="Seconds to forward the buffer and finish in-flight work. "
+            "Default: [forward] drain_deadline_s (60)."
+        ),
+    ] = None,
     spill: Annotated[
         bool | None,
         typer.Option(
@@ -124,12 +128,22 @@ def drain(
         float | None,
         typer.Option(help="Seconds the spill may take. Default: [forward] spill_deadline_s."),
     ] = None,
+    wait_stop: Annotated[
+        bool,
+        typer.Option(
+            "--wait-stop/--no-wait-stop",
+            help="After the drain's result, wait until the Runner has stopped. A Kubernetes "
+            "preStop hook uses --no-wait-stop: the container ends as the Runner exits.",
+        ),
+    ] = True,
 ) -> None:
     """Drain the running Runner: go unready, send goaway, forward (or spill) the buffer, stop."""
     from runner.admin.render import render_drain_progress, render_drain_result
 
     cfg = _load(config)
     client = _client(cfg)
+    if deadline is None:
+        deadline = cfg.forward.drain_deadline_s
     query = f"deadline_s={deadline}&wait=true"
     if spill is not None:
         query += f"&spill={str(spill).lower()}"
@@ -157,6 +171,11 @@ def drain(
         raise typer.Exit(3) from None
     if result is not None:
         typer.echo(render_drain_result(result))
+    if not wait_stop:
+        if result is None or result.get("state") == "failed":
+            raise typer.Exit(1)
+        typer.echo("drained: the Runner is stopping")
+        return
     if not _stopped(client, deadline + 60):
         typer.echo("the Runner is still running after the deadline", err=True)
         raise typer.Exit(1)

@@ -108,6 +108,23 @@ async def test_drain_sends_goaway_closes_1001_and_goes_unready(runner: Runner) -
         assert orjson.loads(await late.recv())["type"] == "goaway"
 
 
+async def test_drain_without_a_deadline_takes_the_configured_one(
+    config: Config, redactor: Redactor
+) -> None:
+    """A drain naming no deadline (SIGTERM, bare `runner drain`) takes `drain_deadline_s`."""
+    forward = config.forward.model_copy(update={"drain_deadline_s": 7.0})
+    instance = Runner(config.model_copy(update={"forward": forward}), redactor=redactor)
+    await instance.start()
+    try:
+        assert instance.drain_deadline_s == 7.0  # the deadline SIGTERM's drain runs with
+        status, body = await get(instance, "/admin/drain", method="POST")
+        assert status == 202
+        assert orjson.loads(body)["deadline_s"] == 7.0
+        assert instance.drain_deadline_s == 7.0
+    finally:
+        await instance.stop()
+
+
 @pytest.fixture
 async def traced(config: Config, redactor: Redactor) -> AsyncIterator[tuple[Runner, Any]]:
     exporter = InMemorySpanExporter()

@@ -4,11 +4,11 @@ Loopback by default. `/healthz` and `/readyz` are open (probes carry no
 token); `/admin/*` needs `Authorization: Bearer <admin token>`, compared in
 constant time.
 
-`POST /admin/drain?deadline_s=60[&spill=true][&spill_deadline_s=60][&wait=true]`
-answers `202` at once, or with `wait=true` a `200` stream of NDJSON lines: a
-`{"progress": …}` line every second while the drain runs, then one
-`{"result": …}` line with what was forwarded, spilled and left (`runner drain`
-prints them). The Runner stops after the drain either way.
+`POST /admin/drain?[deadline_s=60][&spill=true][&spill_deadline_s=60][&wait=true]`
+(without `deadline_s`, `[forward] drain_deadline_s`) answers `202` at once, or with
+`wait=true` a `200` stream of NDJSON lines: a `{"progress": …}` line every second while
+the drain runs, then one `{"result": …}` line with what was forwarded, spilled and left
+(`runner drain` prints them). The Runner stops after the drain either way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from runner.telemetry.audit import AuditLog
 
 class Operable(Protocol):
     """What the admin routes need of the Runner."""
+
+    @property
+    def default_drain_deadline_s(self) -> float: ...
 
     async def readiness(self) -> dict[str, str]: ...
 
@@ -130,16 +133,17 @@ async def drain(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
         return _json({"error": "unauthorized"}, status=401)
     try:
-        deadline = _seconds(request.query, "deadline_s", 60.0)
+        deadline = _seconds(request.query, "deadline_s", None)
         spill = _flag(request.query, "spill")
         spill_deadline = _seconds(request.query, "spill_deadline_s", None)
         wait = bool(_flag(request.query, "wait"))
     except BadQuery as e:
         return _json({"error": str(e)}, status=400)
-    assert deadline is not None
+    operable = request.app[OPERABLE_KEY]
+    if deadline is None:
+        deadline = operable.default_drain_deadline_s
     if spill_deadline == 0:
         return _json({"error": "spill_deadline_s must be more than 0 seconds"}, status=400)
-    operable = request.app[OPERABLE_KEY]
     request.app[AUDIT_KEY].record(
         "drain.requested", deadline_s=deadline, spill=spill, source=request.remote
     )

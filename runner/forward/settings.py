@@ -213,6 +213,9 @@ class ForwardSettings(_Section):
     """Air-gapped object layout: one object per session and chunk, or one per chunk."""
     retention_interval_s: float = Field(default=3600.0, gt=0)
     """How often retention (from each tenant's `retention_days`) is applied to local storage."""
+    drain_deadline_s: float = Field(default=60.0, gt=0, le=86_400)
+    """How long a drain forwards the buffer: SIGTERM's drain, and `runner drain` or
+    `POST /admin/drain` without a deadline of their own."""
     drain_spill: bool = False
     """A drain (SIGTERM, or `runner drain` without `--spill`/`--no-spill`) moves what the cloud
     has not taken by the deadline to the dead-letter store instead of leaving it in Redis."""

@@ -74,8 +74,10 @@ def test_probes_prestop_drain_and_grace_period(example: Rendered) -> None:
     command = c["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:3] == ["runner", "drain", "--deadline"]
     deadline = int(command[3])
+    assert command[4:] == ["--no-wait-stop"]  # the hook ends with the drain, not after the exit
     assert example.pod["terminationGracePeriodSeconds"] > deadline
     toml = example.runner_toml()
+    assert f"drain_deadline_s = {deadline}" in toml  # a SIGTERM drain keeps the same deadline
     assert f'listen = "0.0.0.0:{admin_port}"' in toml  # the kubelet reaches the admin port
     token = _env(c)["RUNNER_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token["key"] == "RUNNER_ADMIN_TOKEN"  # /admin/drain needs the token; probes do not
@@ -186,7 +188,7 @@ def test_network_policy_egress_reaches_configured_services_only(
     """HA egress: DNS, Redis, S3, the cloud and the control plane, each to its own peers."""
     np = examples["ha"].one("NetworkPolicy")
     _dns, redis, s3, cloud, control_plane = np["spec"]["egress"]
-    assert _ports(redis) == {("TCP", 6379), ("TCP", 26379)}
+    assert _ports(redis) == {("TCP", 6379)}  # the Runner has no Sentinel client
     assert redis["to"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "redis"
     }

@@ -80,6 +80,36 @@ TEMPLATE_REJECTS: list[tuple[str, str, dict[str, Any], str]] = [
         {"networkPolicy": {"egress": {"redis": {"to": []}}}},
         "networkPolicy.egress.redis.to is empty",
     ),
+    (
+        "grace not above deadline plus spill",
+        "embedded",
+        {"config": {"forward": {"drain_spill": True, "spill_deadline_s": 45}}},
+        "plus config.forward.spill_deadline_s (90)",
+    ),
+    (
+        "config moves the UDP range",
+        "embedded",
+        {"config": {"webrtc": {"udp_ports": [40000, 40099]}}},
+        "config.webrtc.udp_ports is rendered by the chart",
+    ),
+    (
+        "config moves the admin listener",
+        "embedded",
+        {"config": {"admin": {"listen": "127.0.0.1:9090"}}},
+        "set admin.port instead",
+    ),
+    (
+        "config points embedded at a Redis",
+        "embedded",
+        {"config": {"buffer": {"redis_url": "redis://r:6379/0"}}},
+        "config.buffer.redis_url is rendered by the chart",
+    ),
+    (
+        "config gives SIGTERM another drain deadline",
+        "embedded",
+        {"config": {"forward": {"drain_deadline_s": 600}}},
+        "set runner.drainDeadlineSeconds instead",
+    ),
 ]
 
 
@@ -117,3 +147,15 @@ def test_schema_accepts_every_example() -> None:
     with h.Chart.load(str(CHART_DIR)) as chart:
         for path in EXAMPLES.values():
             chart.validate_schema(load_values(path))
+
+
+def test_grace_period_covers_a_spilling_drain() -> None:
+    """With drains that spill, the default grace is deadline + spill deadline + 30 s."""
+    plain = render({})
+    assert plain.pod["terminationGracePeriodSeconds"] == 60 + 30
+    spilling = render({"config": {"forward": {"drain_spill": True}}})
+    assert spilling.pod["terminationGracePeriodSeconds"] == 60 + 60 + 30  # Runner default 60 s
+    tuned = render({"config": {"forward": {"drain_spill": True, "spill_deadline_s": 12.5}}})
+    assert tuned.pod["terminationGracePeriodSeconds"] == 60 + 13 + 30
+    off = render({"config": {"forward": {"drain_spill": False, "spill_deadline_s": 600}}})
+    assert off.pod["terminationGracePeriodSeconds"] == 60 + 30

@@ -181,6 +181,9 @@ def test_image_entrypoint_serves_embedded_and_drains_on_sigterm(sandbox: Sandbox
         code = proc.wait(timeout=120)
         assert code == 0, _tail(log)
         _wait_group_gone(proc.pid)
+    output = log.read_text(encoding="utf-8", errors="replace")
+    assert "runner.draining" in output, "SIGTERM stopped the Runner without a drain"
+    assert "runner.drained" in output, "the drain started on SIGTERM did not finish"
     assert any((sandbox.root / "data" / "redis").glob("aof/*.aof")), "no AOF on the data volume"
     assert sorted(p.name for p in (sandbox.root / "etc").iterdir()) == ["runner.toml"]
 

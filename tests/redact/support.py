@@ -16,6 +16,7 @@ from runner.redact.recognizers import gstin_check_char
 Event = dict[str, Any]
 Node = dict[str, Any]
 
+
 def verhoeff_digit(body: str) -> str:
     """The Verhoeff check digit to append to `body` (exactly one of the ten validates)."""
     return next(d for d in string.digits if verhoeff_ok(body + d))

@@ -64,10 +64,26 @@ traceflow.io/mode: {{ .Values.mode }}
 {{- if eq .Values.mode "embedded" }}1{{ else }}{{ .Values.replicaCount }}{{ end }}
 {{- end }}
 
+{{/*
+Seconds a drain may spend spilling after the forward deadline: config.forward.spill_deadline_s
+(the Runner's default 60) when config.forward.drain_spill is on (preStop and SIGTERM drains
+follow it), else 0.
+*/}}
+{{- define "traceflow-runner.spillSeconds" -}}
+{{- $fwd := get .Values.config "forward" }}
+{{- $s := 0 }}
+{{- if and (kindIs "map" $fwd) (eq (get $fwd "drain_spill" | toString) "true") }}
+{{- $s = 60 }}
+{{- if hasKey $fwd "spill_deadline_s" }}{{ $s = get $fwd "spill_deadline_s" | ceil | int }}{{ end }}
+{{- end }}
+{{- $s }}
+{{- end }}
+
+{{/* The drain deadline, plus the spill deadline when drains spill, plus 30 s to stop. */}}
 {{- define "traceflow-runner.gracePeriod" -}}
 {{- $deadline := int .Values.runner.drainDeadlineSeconds }}
 {{- if kindIs "invalid" .Values.runner.terminationGracePeriodSeconds }}
-{{- add $deadline 30 }}
+{{- add $deadline (include "traceflow-runner.spillSeconds" . | int) 30 }}
 {{- else }}
 {{- int .Values.runner.terminationGracePeriodSeconds }}
 {{- end }}
@@ -100,8 +116,24 @@ message naming the values to change.
 {{- define "traceflow-runner.validate" -}}
 {{- $v := .Values }}
 {{- $grace := include "traceflow-runner.gracePeriod" . | int }}
+{{- $spill := include "traceflow-runner.spillSeconds" . | int }}
 {{- if le $grace (int $v.runner.drainDeadlineSeconds) }}
 {{- fail (printf "runner.terminationGracePeriodSeconds (%d) must be above runner.drainDeadlineSeconds (%d): the kubelet would kill the Runner mid-drain" $grace (int $v.runner.drainDeadlineSeconds)) }}
+{{- end }}
+{{- if and $spill (le $grace (add (int $v.runner.drainDeadlineSeconds) $spill)) }}
+{{- fail (printf "runner.terminationGracePeriodSeconds (%d) must be above runner.drainDeadlineSeconds plus config.forward.spill_deadline_s (%d): with config.forward.drain_spill every drain spills after the deadline, and the kubelet would kill the Runner mid-spill" $grace (add (int $v.runner.drainDeadlineSeconds) $spill)) }}
+{{- end }}
+{{- /* runner.toml keys the chart derives from its values (Service, NetworkPolicy, probes, volumes and the mode checks use the same values): config must not override them. */}}
+{{- $managed := dict "runner" (dict "data_dir" "it is fixed to the data volume's mount path") "ingest" (dict "listen" "set ingest.port instead") "admin" (dict "listen" "set admin.port instead") "buffer" (dict "redis_url" "set mode and buffer.redisUrl (or secrets.redisUrl) instead") "pii" (dict "generate_dev_keys" "set pii.generateDevKeys instead") "forward" (dict "drain_deadline_s" "set runner.drainDeadlineSeconds instead") "webrtc" (dict "enabled" "set webrtc.enabled instead" "udp_ports" "set webrtc.udpPortRange instead" "remote_networks" "set webrtc.remoteNetworks instead") "dlq" (dict "url" "set dlq.url instead" "s3_endpoint" "set dlq.s3Endpoint instead") "cloud" (dict "endpoint" "set cloud.endpoint instead") "control_plane" (dict "endpoint" "set controlPlane.endpoint instead") }}
+{{- range $section, $keys := $managed }}
+{{- $table := get $v.config $section }}
+{{- if kindIs "map" $table }}
+{{- range $key, $instead := $keys }}
+{{- if hasKey $table $key }}
+{{- fail (printf "config.%s.%s is rendered by the chart, which keeps the Services, NetworkPolicy, probes and volumes in step with it: %s" $section $key $instead) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if eq $v.mode "embedded" }}
 {{- if not $v.persistence.enabled }}
@@ -172,6 +204,8 @@ Numbers the chart sets are cast to int so the file reads `8080`, not `8080.0`.
 {{- $_ := set $buffer "accept_weaker_durability" true }}
 {{- end }}
 {{- $_ := set $cfg "buffer" $buffer }}
+{{- /* SIGTERM's drain (a preStop hook that failed, a plain kill) keeps the preStop deadline. */}}
+{{- $_ := set $cfg "forward" (dict "drain_deadline_s" (int $v.runner.drainDeadlineSeconds)) }}
 {{- $_ := set $cfg "pii" (dict "workers" (int $v.pii.workers) "generate_dev_keys" (eq (include "traceflow-runner.generateDevKeys" .) "true")) }}
 {{- if $v.cloud.endpoint }}
 {{- $_ := set $cfg "cloud" (dict "endpoint" $v.cloud.endpoint) }}

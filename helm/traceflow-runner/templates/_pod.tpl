@@ -84,7 +84,7 @@ spec:
       lifecycle:
         preStop:
           exec:
-            command: ["runner", "drain", "--deadline", {{ $v.runner.drainDeadlineSeconds | int | quote }}]
+            command: ["runner", "drain", "--deadline", {{ $v.runner.drainDeadlineSeconds | int | quote }}, "--no-wait-stop"]
       startupProbe:
         httpGet:
           path: /healthz
