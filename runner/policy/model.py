@@ -86,6 +86,9 @@ class PiiPolicy(_Frozen):
     actions: dict[str, Action] = Field(default_factory=lambda: {"default": _TOKEN})
     deny_keys: tuple[str, ...] = DEFAULT_DENY_KEYS
     block_selectors: tuple[str, ...] = ()
+    mask_selectors: tuple[str, ...] = ()
+    """Elements whose text (their subtree's, now and after mutations) and text attributes are
+    always masked, whatever the mode: for what detection cannot see, e.g. names without NER."""
     allow_values: tuple[str, ...] = ()
     min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     phone_regions: tuple[str, ...] = ("IN",)

@@ -228,7 +228,7 @@ class Redactor:
                     EV_POLICY_WARNING,
                     policy=fp,
                     unknown_entities=compiled.unknown_entities,
-                    unparsed_block_selectors=compiled.bad_selectors,
+                    unparsed_selectors=compiled.bad_selectors,
                 )
         return fp, raw
 

@@ -80,8 +80,8 @@ class DomWalker:
         self.col = collector
         self.mirror = mirror
         self.policy = collector.policy
-        self._plain = not self.policy.block and not self.policy.selector_attrs
-        """No block selectors: only rrweb's rr-block / rr-mask classes flag an element."""
+        self._plain = not self.policy.block and len(self.policy.mask) == 1
+        """No block or mask selectors: only rrweb's rr-block / rr-mask classes flag an element."""
         self._stash: dict[int, Element] = {}
         """Elements of Mutation adds built while registering them, by id() of their node."""
 

@@ -15,8 +15,12 @@ budget evicts the least recently used sessions.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+Flags = tuple[bool, bool]
+"""(blocked, masked) of one element under a policy."""
 
 MAX_ANCESTRY = 512
 """Ancestors walked when asking whether a node sits under a blocked element."""
@@ -68,7 +72,7 @@ UNKNOWN = NodeFlags(known=False, blocked=False, masked=False, element=None)
 class SessionMirror:
     """The DOM of one recorded session, as far as redaction needs it."""
 
-    __slots__ = ("_elements", "_flagged", "_max_nodes", "_text_parent", "overflows")
+    __slots__ = ("_elements", "_flagged", "_max_nodes", "_text_parent", "overflows", "selectors")
 
     def __init__(self, max_nodes: int) -> None:
         self._elements: dict[int, Element] = {}
@@ -77,6 +81,8 @@ class SessionMirror:
         self._flagged = 0
         """Elements ever added with a block or mask flag; while 0 no ancestry walk is needed."""
         self.overflows = 0
+        self.selectors: object = None
+        """The block and mask selectors the elements' flags were judged by (see `rejudge`)."""
 
     @property
     def size(self) -> int:
@@ -112,6 +118,20 @@ class SessionMirror:
             self._room()
         elements.pop(node_id, None)
         self._text_parent[node_id] = parent
+
+    def rejudge(self, selectors: object, judge: Callable[[str, dict[str, str]], Flags]) -> None:
+        """Judge every remembered element again when the policy's selectors changed, so a
+        selector added mid-session covers elements recorded before it (by tag, id, class,
+        name, type, autocomplete and the attributes the old selectors kept)."""
+        if self.selectors == selectors:
+            return
+        if self.selectors is not None:
+            flagged = 0
+            for el in self._elements.values():
+                el.self_blocked, el.self_masked = judge(el.tag, el.attrs())
+                flagged += el.self_blocked or el.self_masked
+            self._flagged = flagged
+        self.selectors = selectors
 
     def mark_flagged(self) -> None:
         """An element's flags changed in place (an attribute mutation): walk ancestries again."""

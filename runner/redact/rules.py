@@ -285,8 +285,12 @@ class CompiledPolicy:
             return True
         return any(c.matches(tag, attrs) for c in self.block)
 
+    def flags(self, tag: str, attrs: dict[str, str]) -> tuple[bool, bool]:
+        """(blocked, masked) for an element."""
+        return self.blocks(tag, attrs), self.masks(tag, attrs)
+
     def masks(self, tag: str, attrs: dict[str, str]) -> bool:
-        """Does the element ask for its text to be masked (rrweb's `rr-mask` class)?"""
+        """Does the element's text have to be masked (a mask selector, or rrweb's `rr-mask`)?"""
         return any(c.matches(tag, attrs) for c in self.mask)
 
 
@@ -300,21 +304,32 @@ def fingerprint(policy: PiiPolicy, raw: bytes | None = None) -> str:
     return hashlib.sha256(canonical(policy) if raw is None else raw).hexdigest()[:16]
 
 
-def compile_policy(policy: PiiPolicy, supported: frozenset[str], fp: str = "") -> CompiledPolicy:
-    """Compile a policy against the entity types the engine can detect."""
-    deny_words = {"".join(key_words(k)) for k in policy.deny_keys if key_words(k)}
-    block: list[_Compound] = []
+RR_MASK = _Compound("", (), frozenset({"rr-mask"}), ())
+"""rrweb's own `rr-mask` class: masks under every policy."""
+
+
+def _compounds(selectors: tuple[str, ...]) -> tuple[list[_Compound], int]:
+    """The parsed selectors (comma lists split) and how many could not be parsed."""
+    parsed: list[_Compound] = []
     bad = 0
-    for sel in (s for raw in policy.block_selectors for s in raw.split(",")):
+    for sel in (s for raw in selectors for s in raw.split(",")):
         if not sel.strip():
             continue
         compound = parse_selector(sel)
         if compound is None:
             bad += 1
         else:
-            block.append(compound)
-    rr_mask = _Compound("", (), frozenset({"rr-mask"}), ())
-    selector_attrs = frozenset(t.name for c in block for t in c.attrs)
+            parsed.append(compound)
+    return parsed, bad
+
+
+def compile_policy(policy: PiiPolicy, supported: frozenset[str], fp: str = "") -> CompiledPolicy:
+    """Compile a policy against the entity types the engine can detect."""
+    deny_words = {"".join(key_words(k)) for k in policy.deny_keys if key_words(k)}
+    block, bad_block = _compounds(policy.block_selectors)
+    mask, bad_mask = _compounds(policy.mask_selectors)
+    bad = bad_block + bad_mask
+    selector_attrs = frozenset(t.name for c in (*block, *mask) for t in c.attrs)
     entities = frozenset(e for e in policy.entities if e in supported)
     unknown = tuple(sorted(set(policy.entities) - supported))
     default_action = policy.actions.get("default", "token")
@@ -334,7 +349,7 @@ def compile_policy(policy: PiiPolicy, supported: frozenset[str], fp: str = "") -
         deny_exact=frozenset(deny_words),
         deny_substrings=tuple(sorted(w for w in deny_words if len(w) >= _SUBSTRING_MIN)),
         block=tuple(block),
-        mask=(rr_mask,),
+        mask=(RR_MASK, *mask),
         selector_attrs=selector_attrs,
         bad_selectors=bad,
         unknown_entities=unknown,

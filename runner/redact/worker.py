@@ -130,6 +130,7 @@ class WorkerState:
         mirror: SessionMirror,
         check: bool,
     ) -> BatchOutcome:
+        mirror.rejudge((policy.block, policy.mask), policy.flags)
         col = Collector(policy, self._settings.max_body_bytes)
         droppable = Walker(col, mirror).collect(events)
         decider = _Decider(policy, self._engine, self._tokenizer, req.tenant, droppable)

@@ -183,6 +183,54 @@ def test_block_selectors_blank_the_subtree_and_keep_the_nodes(redact: Redact) ->
     assert out[3]["data"]["text"] == ""
 
 
+def test_mask_selectors_mask_text_now_and_after_mutations_in_detect_mode(redact: Redact) -> None:
+    """Text under a mask selector is masked whole in detect mode (a name no recognizer finds):
+    in the snapshot, in nodes added later, in text changes and in text attributes; the
+    elements keep their ids and the text around them is still only analysed."""
+    dom = Dom()
+    name = dom.el("span", {"class": "customer-name"}, dom.text("Priya Sharma"))
+    greeting = dom.el("p", {"title": "for Priya Sharma"}, dom.text("Welcome back, "), name)
+    result = dom.el("p", {"id": "result"})
+    snap = dom.snapshot(greeting, result)
+    echoed = dom.el("span", {"class": "customer-name", "title": "Priya Sharma"}, dom.text("Priya"))
+    events = [
+        snap,
+        mutation(adds=[{"parentId": result["id"], "nextId": None, "node": echoed}]),
+        mutation(texts=[{"id": name["childNodes"][0]["id"], "value": "Sharma Priya"}]),
+    ]
+    out, _ = redact(events, text="detect", mask_selectors=(".customer-name",))
+    body = body_of(out[0])
+    assert body["childNodes"][0]["childNodes"][0]["textContent"] == "Welcome back, "
+    span = body["childNodes"][0]["childNodes"][1]
+    assert (span["id"], span["childNodes"][0]["textContent"]) == (name["id"], "***** ******")
+    add = out[1]["data"]["adds"][0]["node"]
+    assert add["childNodes"][0]["textContent"] == "*****"
+    assert "Priya" not in dumps(add)
+    assert out[2]["data"]["texts"][0]["value"] == "****** *****"
+    unmasked, _ = redact(events[:1], text="detect")
+    assert "Priya Sharma" in dumps(unmasked), "without the selector detect mode keeps the name"
+
+
+def test_selectors_added_mid_session_cover_elements_recorded_before(redact: Redact) -> None:
+    """A policy that gains a mask or block selector judges the session's known elements again:
+    the next batch's changes inside them are masked or blanked, with no new snapshot."""
+    dom = Dom()
+    name = dom.el("span", {"class": "customer-name"}, dom.text("Priya Sharma"))
+    box = dom.el("div", {"id": "kyc-box"}, dom.text("Balance 42"))
+    redact([dom.snapshot(name, box)], text="detect")
+    changes = [
+        mutation(texts=[{"id": name["childNodes"][0]["id"], "value": "Priya Sharma"}]),
+        mutation(texts=[{"id": box["childNodes"][0]["id"], "value": "Balance 43"}]),
+    ]
+    out, _ = redact(
+        changes, text="detect", mask_selectors=(".customer-name",), block_selectors=("#kyc-box",)
+    )
+    assert out[0]["data"]["texts"][0]["value"] == "***** ******"
+    assert out[1]["data"]["texts"][0]["value"] == ""
+    again, _ = redact(changes, text="detect")
+    assert again[0]["data"]["texts"][0]["value"] == "Priya Sharma", "and dropping them undoes it"
+
+
 def test_rr_block_class_is_honoured_without_a_policy_selector(redact: Redact) -> None:
     """rrweb's own `rr-block` class blocks like a policy selector."""
     dom = Dom()
