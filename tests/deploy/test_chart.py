@@ -274,7 +274,8 @@ def test_admin_token_is_generated_when_not_given(examples: dict[str, Rendered]) 
 
 
 def test_policies_and_certificates_are_mounted(examples: dict[str, Rendered]) -> None:
-    """Policy files become a ConfigMap on /etc/traceflow/policies, named in runner.toml."""
+    """Policy files become a ConfigMap on /etc/traceflow/policies, named in runner.toml;
+    certificates a Secret on /etc/traceflow/certs, or the bank's existing one."""
     r = examples["embedded"]
     cm = r.one("ConfigMap", "-policies")
     assert "version = 1" in cm["data"]["default.toml"]
@@ -289,6 +290,12 @@ def test_policies_and_certificates_are_mounted(examples: dict[str, Rendered]) ->
         "readOnly": True,
     }
     assert certs.secret_data(f"{fullname()}-certs") == {"ca.pem": "PEM"}
+    theirs = render(
+        merge(load_values(EXAMPLES["embedded"]), {"certificates": {"existingSecret": "bank-tls"}})
+    )
+    volumes = {v["name"]: v for v in theirs.pod["volumes"]}
+    assert volumes["certs"]["secret"]["secretName"] == "bank-tls"  # referenced, not created
+    assert theirs.secret_data(f"{fullname()}-certs") == {}
 
 
 def test_extra_config_merges_over_rendered_toml(examples: dict[str, Rendered]) -> None:

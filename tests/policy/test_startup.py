@@ -152,24 +152,6 @@ async def test_tampered_last_good_without_folder_falls_back_to_strict_default(
     assert manager.refusals[r.MALFORMED] == 1
 
 
-async def test_expired_last_good_is_refused_at_start(
-    control_plane: ControlPlane,
-    signer: Signer,
-    policies_dir: Path,
-    make_manager: MakeManager,
-    tmp_path: Path,
-) -> None:
-    """A last good policy that has expired since it was stored is not used."""
-    data_dir = tmp_path / "data"
-    atomic_write(LastGood(data_dir).path, signer.token(9, expires_at=iso(-5)).encode())
-    store = PolicyStore()
-    manager = await make_manager(
-        settings(down_url(), signer, policies_dir), store=store, data_dir=data_dir
-    )
-    assert store.current.source == SOURCE_BUILTIN
-    assert manager.refusals[r.EXPIRED] == 1
-
-
 async def test_rollback_is_refused_across_restarts(
     control_plane: ControlPlane,
     signer: Signer,
@@ -288,7 +270,8 @@ async def test_expired_last_good_still_bounds_the_version(
     make_manager: MakeManager,
     tmp_path: Path,
 ) -> None:
-    """An expired last good is not used, but an older (replayed) policy is still a rollback."""
+    """An expired last good is not used at start, but its version still bounds what comes
+    next: an older (replayed) policy is a rollback, a newer one is applied."""
     data_dir = tmp_path / "data"
     atomic_write(LastGood(data_dir).path, signer.token(9, expires_at=iso(-5)).encode())
     control_plane.publish(signer.token(5))
