@@ -331,6 +331,9 @@ class Runner:
             failed["policy"] = "no policy in force"
         return failed
 
+    def policy_report(self, tenant: str | None) -> dict[str, Any]:
+        return self.policy_manager.report(tenant) if self.policy_manager else {}
+
     def status(self) -> dict[str, Any]:
         buffer = self.buffer
         ingestor = self.ingestor

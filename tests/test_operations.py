@@ -89,6 +89,17 @@ async def test_status_needs_the_admin_token_and_reports_state(runner: Runner) ->
     await sdk.close()
 
 
+async def test_policy_endpoint_needs_the_token_and_names_the_tenant_entry(runner: Runner) -> None:
+    """/admin/policy answers 401 without the token, 400 for an empty tenant, else the report."""
+    assert (await get(runner, "/admin/policy", token="wrong"))[0] == 401
+    assert (await get(runner, "/admin/policy?tenant="))[0] == 400
+    status, body = await get(runner, "/admin/policy?tenant=acme-bank")
+    assert status == 200
+    report = orjson.loads(body)
+    assert (report["version"], report["tenant"]) == (0, "acme-bank")
+    assert report["policy"]["pii"]["text"] == "mask_all"
+
+
 async def test_drain_sends_goaway_closes_1001_and_goes_unready(runner: Runner) -> None:
     """A drain tells every session to go (goaway, close 1001) and /readyz reports draining."""
     sdk = Sdk(ws_url(runner), "s-drain")

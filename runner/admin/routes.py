@@ -1,4 +1,5 @@
-"""The admin listener (PROTOCOL §4): `/healthz`, `/readyz`, `/admin/status`, `/admin/drain`.
+"""The admin listener (PROTOCOL §4): `/healthz`, `/readyz`, `/admin/status`, `/admin/drain`,
+and `/admin/policy` (the policy in force, for `runner policy show`).
 
 Loopback by default. `/healthz` and `/readyz` are open (probes carry no
 token); `/admin/*` needs `Authorization: Bearer <admin token>`, compared in
@@ -35,6 +36,8 @@ class Operable(Protocol):
     async def readiness(self) -> dict[str, str]: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    def policy_report(self, tenant: str | None) -> dict[str, Any]: ...
 
     def request_drain(
         self, deadline_s: float, spill: bool | None, spill_deadline_s: float | None
@@ -128,6 +131,16 @@ async def status(request: web.Request) -> web.Response:
     return _json(request.app[OPERABLE_KEY].status())
 
 
+async def policy(request: web.Request) -> web.Response:
+    """The policy in force, whole or as `?tenant=` gets it (`runner policy show`)."""
+    if not _authorized(request):
+        return _json({"error": "unauthorized"}, status=401)
+    tenant = request.query.get("tenant")
+    if tenant is not None and not tenant.strip():
+        return _json({"error": "tenant must not be empty"}, status=400)
+    return _json(request.app[OPERABLE_KEY].policy_report(tenant))
+
+
 async def drain(request: web.Request) -> web.StreamResponse:
     """Start a drain; with `wait=true`, stream its progress and result as NDJSON."""
     if not _authorized(request):
@@ -174,5 +187,6 @@ def admin_app(operable: Operable, token: str, audit: AuditLog) -> web.Applicatio
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
+    app.router.add_get("/admin/policy", policy)
     app.router.add_post("/admin/drain", drain)
     return app

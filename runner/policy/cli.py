@@ -1,14 +1,14 @@
 """`runner policy …`: see, check, and issue policies.
 
-    runner policy show [--tenant T] [--json]    the policy start-up would put in force, and why
+    runner policy show [--tenant T] [--json]    the policy in force (offline: start-up's), and why
     runner policy verify FILE                   a policy file (.toml, its .jws) or a compact JWS
     runner policy keygen [--out KEYFILE]        a new Ed25519 signing key; prints the key to pin
     runner policy sign FILE --key KEYFILE       sign a .toml (detached FILE.jws) or a .json payload
 
-`show` reads the disk the way start-up does (last good → `policies/` →
-built-in); it does not ask a running Runner, which may hold a newer policy from
-the control plane (`runner status` shows the version in force). `verify` and
-`show` trust only the keys pinned in runner.toml. Exit codes: 0 ok, 1 refused,
+`show` asks the running Runner for the policy in force (`GET /admin/policy`);
+when none answers, or with `--offline`, it reads the disk the way start-up does
+(last good → `policies/` → built-in). `verify` and `show` trust only the keys
+pinned in runner.toml. Exit codes: 0 ok, 1 refused,
 2 bad configuration or arguments.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 import typer
@@ -41,7 +42,8 @@ from runner.policy.keys import (
     write_private_key,
 )
 from runner.policy.lastgood import LastGood, atomic_write
-from runner.policy.model import SOURCE_LAST_GOOD, Policy
+from runner.policy.model import SOURCE_LAST_GOOD
+from runner.policy.report import policy_report
 from runner.policy.settings import ControlPlaneSettings
 from runner.policy.sync import startup_policy
 
@@ -58,12 +60,16 @@ OFFLINE_NOTE = (
 )
 
 
-def _load(path: Path | None) -> tuple[ControlPlaneSettings, Path]:
+def _config(path: Path | None) -> Config:
     try:
-        cfg: Config = load_config(path)
+        return load_config(path)
     except ConfigError as e:
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _load(path: Path | None) -> tuple[ControlPlaneSettings, Path]:
+    cfg = _config(path)
     return cfg.control_plane, cfg.runner.data_dir
 
 
@@ -92,37 +98,30 @@ def describe_startup(
 ) -> dict[str, Any]:
     """What start-up would put in force from this disk, for `show` (blocking)."""
     start = startup_policy(settings, LastGood(data_dir), _verifier(settings))
-    policy = start.policy
-    report: dict[str, Any] = {
-        "version": policy.version,
-        "source": policy.source,
-        "origin": start.origin,
-        "kid": start.kid,
-        "expires_at": policy.expires_at,
-        "note": OFFLINE_NOTE,
-        "refused": [
-            {"source": source, "reason": e.reason, "detail": e.message}
-            for source, e in start.refusals
-        ]
-        + [{"source": SOURCE_LAST_GOOD, "reason": "unreadable", "detail": d} for d in start.errors],
-    }
-    if tenant is None:
-        report["tenants"] = {
-            name: tp.model_dump(mode="json") for name, tp in sorted(policy.tenants.items())
-        }
-    else:
-        report["tenant"] = tenant
-        report["entry"] = _entry(policy, tenant)
-        report["policy"] = policy.for_tenant(tenant).model_dump(mode="json")
-    return report
+    refused = [
+        {"source": source, "reason": e.reason, "detail": e.message} for source, e in start.refusals
+    ] + [{"source": SOURCE_LAST_GOOD, "reason": "unreadable", "detail": d} for d in start.errors]
+    return policy_report(
+        start.policy, tenant, origin=start.origin, kid=start.kid, note=OFFLINE_NOTE, refused=refused
+    )
 
 
-def _entry(policy: Policy, tenant: str) -> str:
-    if tenant in policy.tenants:
-        return f"the tenant's own entry ({tenant!r})"
-    if "default" in policy.tenants:
-        return "the policy's 'default' entry"
-    return "the built-in strict default"
+def ask_runner(cfg: Config, tenant: str | None) -> dict[str, Any] | None:
+    """The policy in force in the running Runner (`GET /admin/policy`); None when no Runner
+    answers, or it refuses (said on stderr)."""
+    from runner.admin.client import AdminClient, AdminSetupError, AdminUnreachable
+
+    path = "/admin/policy" + (f"?{urlencode({'tenant': tenant})}" if tenant is not None else "")
+    try:
+        client = AdminClient.from_config(cfg)
+        code, body = client.request("GET", path)
+    except (AdminSetupError, AdminUnreachable):
+        return None
+    if code != 200 or not isinstance(body, dict):
+        error = body.get("error", code) if isinstance(body, dict) else code
+        typer.echo(f"the running Runner did not answer ({error}); reading the disk", err=True)
+        return None
+    return body
 
 
 @policy_app.command()
@@ -132,10 +131,19 @@ def show(
         str | None, typer.Option("--tenant", "-t", help="Only this tenant's policy.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="Do not ask the running Runner: what start-up would use from disk."
+        ),
+    ] = False,
 ) -> None:
-    """Print the policy start-up would put in force, and where it comes from."""
-    settings, data_dir = _load(config)
-    report = describe_startup(settings, data_dir, tenant)
+    """Print the policy in force in the running Runner (else what start-up would put in force
+    from disk), and where it comes from."""
+    cfg = _config(config)
+    report = None if offline else ask_runner(cfg, tenant)
+    if report is None:
+        report = describe_startup(cfg.control_plane, cfg.runner.data_dir, tenant)
     if as_json:
         typer.echo(_dump(report))
         return
@@ -146,7 +154,7 @@ def show(
         typer.echo(f"  expires: {report['expires_at']}")
     for item in report["refused"]:
         typer.echo(f"  refused {item['source']}: {item['reason']}: {item['detail']}")
-    typer.echo(f"  note: {OFFLINE_NOTE}")
+    typer.echo(f"  note: {report['note']}")
     if tenant is not None:
         typer.echo(f"tenant {tenant!r} gets {report['entry']}:")
         typer.echo(_dump(report["policy"]))

@@ -54,6 +54,7 @@ from runner.policy.model import (
     SOURCE_LAST_GOOD,
     Policy,
 )
+from runner.policy.report import policy_report
 from runner.policy.settings import ControlPlaneSettings
 from runner.policy.store import PolicyStore
 
@@ -479,6 +480,17 @@ class PolicyManager:
             self._audit_hook(event, dict(fields))
         except Exception as e:  # noqa: BLE001 - a failing audit sink must not stop policy sync
             log.error(EV_AUDIT_FAILED, audit_event=event, error=type(e).__name__)
+
+    def report(self, tenant: str | None) -> dict[str, Any]:
+        """The policy in force, whole or as `tenant` gets it (`GET /admin/policy`)."""
+        current = self._store.current
+        return policy_report(
+            current,
+            tenant,
+            origin="in force in the running Runner",
+            kid=self._remote_kid if current.source in REMOTE_SOURCES else None,
+            note=f"asked the running Runner (runner id {self._runner_id})",
+        )
 
     def status(self) -> dict[str, Any]:
         """What `runner status` and `/admin/status` show about policies."""

@@ -174,15 +174,16 @@ def test_show_explains_where_the_policy_comes_from(tmp_path: Path, signer: Signe
 def test_show_command_prints_the_tenant_policy(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`runner policy show --tenant` prints the source, the note and the tenant's rules."""
+    """`runner policy show --offline --tenant` prints the source, the note and the rules."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "acme-bank.toml").write_text(ACME)
     (tmp_path / "runner.toml").write_text(f'[runner]\ndata_dir = "{tmp_path / "data"}"\n')
-    result = cli.invoke(policy_app, ["show", "--config", "runner.toml", "--tenant", "acme-bank"])
+    show = ["show", "--config", "runner.toml", "--offline"]  # never a Runner on this machine
+    result = cli.invoke(policy_app, [*show, "--tenant", "acme-bank"])
     assert result.exit_code == 0, result.output
     assert "policy version 4 from files" in result.stdout
     assert "computed from disk" in result.stdout
     assert '"forward": false' in result.stdout
-    as_json = cli.invoke(policy_app, ["show", "--config", "runner.toml", "--json"])
+    as_json = cli.invoke(policy_app, [*show, "--json"])
     assert orjson.loads(as_json.stdout)["tenants"]["acme-bank"]["pii"]["text"] == "detect"

@@ -8,6 +8,7 @@ nacks with exact counts, and a control-plane change seen by a session's next bat
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from typer.testing import CliRunner
 
 from runner.app import Runner
 from runner.policy import errors as r
+from runner.policy.cli import policy_app
 from runner.policy.sync import APPLIED, AUDIT_REFUSED, REFUSED
 from runner.redact import Redactor
 from tests.conftest import admin_url, ws_url
@@ -151,3 +154,39 @@ async def test_control_plane_policy_is_enforced_counted_and_reported(
     assert values[("traceflow_policy_version", ())] == 2
     status = orjson.loads(await admin_get(synced, "/admin/status"))["policy"]
     assert (status["version"], status["kid"]) == (2, signer.kid)
+
+
+async def test_policy_show_prints_the_policy_in_force_in_the_running_runner(
+    synced: Runner, control_plane: ControlPlane, signer: Signer, tmp_path: Path
+) -> None:
+    """`runner policy show` asks the running Runner (the control plane's v2, with its kid),
+    while `--offline`, or a refused admin token, falls back to what the disk gives."""
+    manager = synced.policy_manager
+    assert manager is not None
+    control_plane.publish(signed(signer, 2, console=True, eps=10.0, burst=10))
+    assert await manager.sync_once() == APPLIED
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(
+        f'[runner]\ndata_dir = "{tmp_path / "cli-data"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{synced.admin_address[1]}"\n'
+        f'[control_plane]\npolicies_dir = "{tmp_path / "no-policies"}"\n'
+    )
+    show = ["show", "--config", str(cfg), "--tenant", TENANT, "--json"]
+
+    def run(*extra: str, token: str = ADMIN_TOKEN) -> Any:
+        env = {"RUNNER_ADMIN_TOKEN": token}
+        return CliRunner().invoke(policy_app, [*show, *extra], env=env)
+
+    live = await asyncio.to_thread(run)
+    assert live.exit_code == 0, live.output
+    report = orjson.loads(live.stdout)
+    assert (report["version"], report["source"], report["kid"]) == (2, "control_plane", signer.kid)
+    assert report["policy"]["features"]["console"] is True
+    assert "running Runner" in report["note"]
+    for fallback in (
+        await asyncio.to_thread(run, "--offline"),
+        await asyncio.to_thread(run, token="x"),
+    ):
+        assert fallback.exit_code == 0, fallback.output
+        assert orjson.loads(fallback.stdout)["source"] == "builtin"
+    assert "did not answer (unauthorized)" in (await asyncio.to_thread(run, token="x")).stderr
