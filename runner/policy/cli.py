@@ -8,8 +8,7 @@
 `show` asks the running Runner for the policy in force (`GET /admin/policy`);
 when none answers, or with `--offline`, it reads the disk the way start-up does
 (last good → `policies/` → built-in). `verify` and `show` trust only the keys
-pinned in runner.toml. Exit codes: 0 ok, 1 refused,
-2 bad configuration or arguments.
+pinned in runner.toml. Exit codes: 0 ok, 1 refused, 2 bad configuration or arguments.
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ def ask_runner(cfg: Config, tenant: str | None) -> dict[str, Any] | None:
         code, body = client.request("GET", path)
     except (AdminSetupError, AdminUnreachable):
         return None
-    if code != 200 or not isinstance(body, dict):
+    if code != 200 or not isinstance(body, dict) or "version" not in body:
         error = body.get("error", code) if isinstance(body, dict) else code
         typer.echo(f"the running Runner did not answer ({error}); reading the disk", err=True)
         return None
