@@ -44,6 +44,7 @@ from runner.ingest.rtc_channel import (
     HelloCheck,
 )
 from runner.ingest.rtc_ice import IcePin, check_bindable, filter_candidates, pin_ice
+from runner.ingest.rtc_sctp import bound_receive_window
 from runner.ingest.rtc_settings import WebRtcSettings
 from runner.ingest.session import Ingestor
 from runner.telemetry.metrics import gauge_family
@@ -61,6 +62,7 @@ EV_OFFER_REFUSED = "webrtc.offer_refused"
 EV_CHANNEL_REFUSED = "webrtc.channel_refused"
 EV_TASK_FAILED = "webrtc.task_failed"
 EV_STARTED = "webrtc.started"
+EV_WINDOW_OVERRUN = "webrtc.window_overrun"
 
 
 class OfferRefused(RunnerError):
@@ -227,6 +229,8 @@ class PeerConnections:
             sdp = filter_candidates(offer_sdp, self.settings.resolve_mdns, self._networks)
             async with asyncio.timeout(self.settings.signaling_timeout_s):
                 answer = await self._negotiate(peer.pc, sdp)
+            if peer.pc.sctp is not None:
+                bound_receive_window(peer.pc.sctp, lambda: self._overrun(peer))
         except TimeoutError as e:
             await self._close(peer, "signaling_timeout")
             detail = "could not gather candidates in time"
@@ -356,6 +360,12 @@ class PeerConnections:
             self._spawn(conn.close(CLOSE_NORMAL, "idle"), f"webrtc-idle-{peer.id}")
         else:
             transport.peer_gone()
+
+    def _overrun(self, peer: Peer) -> None:
+        """The peer sent past the SCTP receive window: close it, whatever it was doing."""
+        log.warning(EV_WINDOW_OVERRUN, peer=peer.id)
+        peer.reason = "window_overrun"
+        self._spawn(self._close(peer, "window_overrun"), f"webrtc-overrun-{peer.id}")
 
     async def _close(self, peer: Peer, reason: str) -> None:
         if peer.closed:

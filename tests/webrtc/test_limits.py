@@ -223,3 +223,20 @@ async def test_client_reading_no_nacks_is_closed_not_queued_to() -> None:
     with pytest.raises(ProtocolError) as closed:
         await transport.receive(1.0)
     assert (closed.value.close_code, closed.value.reason) == (1008, "slow reader")
+
+
+async def test_sender_overrunning_the_receive_window_is_closed(rtc: RtcRunner) -> None:
+    """aiortc holds a message's fragments until the last one, whatever its window says: a
+    client sending one 3 MiB message past the 1 MiB window (an aiortc client, whose sender
+    ignores the window, with its size check off) is closed before the message is joined."""
+    sdk = RtcSdk(rtc.offer_url, "r-window")
+    await sdk.connect()
+    assert sdk.pc is not None
+    assert sdk.pc.sctp is not None
+    sdk.pc.sctp._remote_max_message_size = 0  # the client's own size check, off
+    messages = rtc.peers.stats.channels.messages
+    sdk.send_raw("x" * (3 * 1024 * 1024))
+    await until(lambda: len(rtc.peers) == 0, what="the overrunning peer to be closed")
+    assert rtc.peers.stats.closed["window_overrun"] == 1
+    assert rtc.peers.stats.channels.messages == messages, "the message was never joined"
+    await sdk.close()
