@@ -9,9 +9,9 @@ receiver"), wrong types and bad values are refused.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Action = Literal["token", "mask", "redact", "hash", "drop_event"]
 TextMode = Literal["mask_all", "detect"]
@@ -63,6 +63,19 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
 _TOKEN: Action = "token"  # noqa: S105 - the action name, not a secret
 
 
+class FrozenDict(dict[Any, Any]):
+    """A dict that refuses changes: a policy in force is swapped whole, never edited."""
+
+    def _refuse(self, *_: object, **__: object) -> NoReturn:
+        raise TypeError("a policy is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[Any, Any]]]:
+        return FrozenDict, (dict(self),)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -83,7 +96,9 @@ class PiiPolicy(_Frozen):
     text: TextMode = "mask_all"
     mask_all_inputs: bool = True
     entities: tuple[str, ...] = DEFAULT_ENTITIES
-    actions: dict[str, Action] = Field(default_factory=lambda: {"default": _TOKEN})
+    actions: Annotated[dict[str, Action], AfterValidator(FrozenDict)] = Field(
+        default_factory=lambda: FrozenDict({"default": _TOKEN})
+    )
     deny_keys: tuple[str, ...] = DEFAULT_DENY_KEYS
     block_selectors: tuple[str, ...] = ()
     mask_selectors: tuple[str, ...] = ()
@@ -138,7 +153,9 @@ class Policy(_Frozen):
     version: int = Field(ge=0)
     issued_at: str | None = None
     expires_at: str | None = None
-    tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    tenants: Annotated[dict[str, TenantPolicy], AfterValidator(FrozenDict)] = Field(
+        default_factory=FrozenDict
+    )
     source: str = SOURCE_BUILTIN
     """Where this snapshot came from (`SOURCE_*`); set by the Runner, never by the payload."""
 

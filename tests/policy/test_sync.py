@@ -312,3 +312,22 @@ async def test_policy_from_the_wire_drives_tenant_lookup(
     policy: Policy = store.current
     assert policy.for_tenant("acme-bank").forward is False
     assert policy.for_tenant("other-bank").retention_days == 7
+
+
+def test_a_policy_cannot_be_edited_in_place() -> None:
+    """The snapshot in force is read-only down to its maps: tenants and actions refuse edits."""
+    policy = Policy.model_validate(
+        {"version": 2, "tenants": {"acme": {"pii": {"actions": {"EMAIL_ADDRESS": "mask"}}}}}
+    )
+    actions = policy.tenants["acme"].pii.actions
+    for edit in (
+        lambda: policy.tenants.__setitem__("other", policy.tenants["acme"]),
+        lambda: policy.tenants.pop("acme"),
+        lambda: actions.update({"EMAIL_ADDRESS": "token"}),
+        lambda: actions.clear(),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            edit()
+    assert policy.model_dump(mode="json")["tenants"]["acme"]["pii"]["actions"] == {
+        "EMAIL_ADDRESS": "mask"
+    }
