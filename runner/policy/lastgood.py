@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from datetime import datetime
 from pathlib import Path
 
 from runner.policy.errors import PolicyRefused
-from runner.policy.jws import Verifier, check_expiry, decode_policy
+from runner.policy.jws import Verifier, decode_policy
 from runner.policy.model import SOURCE_LAST_GOOD, Policy
 
 FOLDER = "policy"
@@ -70,8 +69,9 @@ class LastGood:
         """(policy, kid, token) whose signature and schema check out, expired or not.
 
         None when absent; raises `PolicyRefused`. OSError (unreadable file) propagates
-        for the caller to report. An expired policy is not put in force (`load_sync`),
-        but its verified version still bounds what the control plane may send next.
+        for the caller to report. Start-up checks the expiry itself: an expired policy is
+        not put in force, but its verified version still bounds what the control plane
+        may send next (`sync.startup_policy`).
         """
         raw = self.read(limit)
         if raw is None:
@@ -79,23 +79,6 @@ class LastGood:
         verified = verifier.verify(raw)
         policy = decode_policy(verified.payload, SOURCE_LAST_GOOD)
         return policy, verified.kid, raw.decode("ascii", "replace").strip()
-
-    def load_sync(
-        self, verifier: Verifier, limit: int, now: datetime | None = None
-    ) -> tuple[Policy, str, str] | None:
-        """(policy, kid, token) re-verified, or None when absent; raises `PolicyRefused`.
-
-        OSError (unreadable file) propagates for the caller to report.
-        """
-        loaded = self.read_verified(verifier, limit)
-        if loaded is not None:
-            check_expiry(loaded[0], now)
-        return loaded
-
-    async def load(
-        self, verifier: Verifier, limit: int, now: datetime | None = None
-    ) -> tuple[Policy, str, str] | None:
-        return await asyncio.to_thread(self.load_sync, verifier, limit, now)
 
 
 __all__ = ["LastGood", "PolicyRefused", "atomic_write"]
